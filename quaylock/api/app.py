@@ -1,0 +1,262 @@
+"""The ASGI application: routing, error bodies, response sending, request log.
+
+A request goes down once: match the route, check the name, run the
+handler, turn any RegistryError into the spec's error body (one place:
+`api.errors`), send, log one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from quaylock import config as config_mod
+from quaylock import log, oci
+from quaylock.api import blobs, listings, manifests, uploads
+from quaylock.api.errors import error_body, internal_error_body
+from quaylock.api.http import ClientDisconnected, Request, Response
+from quaylock.errors import (
+    BlobUploadUnknown,
+    MethodNotAllowed,
+    NotFound,
+    RegistryError,
+)
+from quaylock.metadata.store import open_store
+from quaylock.services.registry import Registry
+from quaylock.storage import paths
+from quaylock.storage.drivers.filesystem import FilesystemDriver
+
+API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
+JSON_ERROR = (b"content-type", b"application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    template: str
+    pattern: re.Pattern
+    handlers: dict
+
+
+def _route(template: str, regex: str, **handlers) -> Route:
+    return Route(template, re.compile(regex), handlers)
+
+
+# Order matters where patterns overlap: uploads before blobs/<digest>.
+ROUTES = [
+    _route(
+        "/v2/{name}/manifests/{reference}",
+        r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)",
+        GET=manifests.get_manifest,
+        HEAD=manifests.get_manifest,
+        PUT=manifests.put_manifest,
+        DELETE=manifests.delete_manifest,
+    ),
+    _route(
+        "/v2/{name}/blobs/uploads/",
+        r"/v2/(?P<name>.+)/blobs/uploads/?",
+        POST=uploads.start_blob_upload,
+    ),
+    _route(
+        "/v2/{name}/blobs/uploads/{upload_id}",
+        r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)",
+        GET=uploads.get_blob_upload,
+        HEAD=uploads.get_blob_upload,
+        PATCH=uploads.patch_blob_upload,
+        PUT=uploads.put_blob_upload,
+        DELETE=uploads.cancel_blob_upload,
+    ),
+    _route(
+        "/v2/{name}/blobs/{digest}",
+        r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)",
+        GET=blobs.get_blob,
+        HEAD=blobs.get_blob,
+        DELETE=blobs.delete_blob,
+    ),
+    _route(
+        "/v2/{name}/tags/list",
+        r"/v2/(?P<name>.+)/tags/list",
+        GET=listings.list_tags,
+        HEAD=listings.list_tags,
+    ),
+    _route(
+        "/v2/{name}/referrers/{digest}",
+        r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)",
+        GET=listings.list_referrers,
+        HEAD=listings.list_referrers,
+    ),
+]
+EXACT_ROUTES = {
+    "/v2/": _route("/v2/", r"/v2/", GET=listings.api_version, HEAD=listings.api_version),
+    "/v2": _route("/v2/", r"/v2", GET=listings.api_version, HEAD=listings.api_version),
+    "/v2/_catalog": _route("/v2/_catalog", r"/v2/_catalog", GET=listings.catalog),
+}
+
+
+@functools.lru_cache(maxsize=8192)
+def _checked_name(name: str) -> str:
+    return oci.check_name(name)
+
+
+def match(path: str) -> tuple[Route, dict[str, str]] | None:
+    route = EXACT_ROUTES.get(path)
+    if route is not None:
+        return route, {}
+    if not path.startswith("/v2/"):
+        return None
+    for route in ROUTES:
+        found = route.pattern.fullmatch(path)
+        if found is not None:
+            return route, found.groupdict()
+    return None
+
+
+class App:
+    """The registry as an ASGI 3 application.
+
+    Args:
+        registry: the service layer every request goes to.
+        log_requests: write one access line per request.
+    """
+
+    def __init__(self, registry: Registry, log_requests: bool = True):
+        self.registry = registry
+        self.log_requests = log_requests
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.registry.store.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle(self, scope, receive, send) -> None:
+        started = time.perf_counter()
+        route, request, status = None, None, 500
+        bytes_out = 0
+        try:
+            found = match(scope["path"])
+            if found is None:
+                raise NotFound(f"no route for {scope['path'][:100]!r}")
+            route, params = found
+            handler = route.handlers.get(scope["method"])
+            if handler is None:
+                raise MethodNotAllowed(
+                    f"{scope['method']} is not allowed on {route.template}"
+                )
+            if "name" in params:
+                _checked_name(params["name"])
+            if "upload_id" in params and not paths.is_upload_id(params["upload_id"]):
+                raise BlobUploadUnknown(f"upload {params['upload_id'][:64]!r} is not open")
+            request = Request(scope, receive, params)
+            response = await handler(self.registry, request)
+            status = response.status
+            bytes_out = await self._send(scope, send, response)
+        except RegistryError as exc:
+            status, body = error_body(exc)
+            headers = [JSON_ERROR, *((k.encode(), v.encode()) for k, v in exc.headers.items())]
+            bytes_out = await self._send(scope, send, Response(status, headers, body=body))
+        except ClientDisconnected:
+            status = 499
+        except Exception:
+            status = 500
+            log.logger.exception("unhandled error", extra={"fields": {"route": _template(route)}})
+            await self._send(
+                scope, send, Response(500, [JSON_ERROR], body=internal_error_body())
+            )
+        if self.log_requests:
+            self._log(scope, route, request, status, started, bytes_out)
+
+    async def _send(self, scope, send, response: Response) -> int:
+        headers = response.headers
+        headers.append(API_VERSION)
+        if response.path is not None or response.stream is not None:
+            length = response.length
+        elif response.length is not None:
+            length = response.length
+        else:
+            length = len(response.body)
+        headers.append((b"content-length", str(length).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return 0
+        if response.path is not None:
+            if "http.response.pathsend" in scope.get("extensions", {}):
+                await send({"type": "http.response.pathsend", "path": response.path})
+                return length or 0
+            response.stream = _file_chunks(response.path)
+        if response.stream is not None:
+            sent = 0
+            async for chunk in response.stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+            await send({"type": "http.response.body", "body": b""})
+            return sent
+        await send({"type": "http.response.body", "body": response.body})
+        return len(response.body)
+
+    def _log(self, scope, route, request, status, started, bytes_out) -> None:
+        level = logging.ERROR if status >= 500 else logging.INFO
+        params = request.params if request is not None else {}
+        log.event(
+            log.access,
+            level,
+            "request",
+            request_id=secrets.token_hex(8),
+            method=scope["method"],
+            route=_template(route),
+            repository=params.get("name"),
+            reference=params.get("reference") or params.get("digest"),
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            bytes_in=request.bytes_in if request is not None else 0,
+            bytes_out=bytes_out,
+            client=(scope.get("client") or ("", 0))[0],
+        )
+
+
+def _template(route: Route | None) -> str | None:
+    return route.template if route is not None else None
+
+
+async def _file_chunks(path: str):
+    with open(path, "rb") as f:
+        while chunk := await asyncio.to_thread(f.read, 1024 * 1024):
+            yield chunk
+
+
+def build_app(config: config_mod.Config) -> App:
+    """Open the stores named by `config` and return the application."""
+    root = config.storage_root
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    if config.storage.driver != "filesystem":
+        raise config_mod.ConfigError(
+            f"storage.driver: {config.storage.driver!r} is not available; use filesystem"
+        )
+    driver = FilesystemDriver(str(root))
+    store = open_store(config.metadata_url)
+    return App(Registry(config, driver, store), log_requests=config.log.requests)
+
+
+def create_app() -> App:
+    """Factory for the server: configuration from QUAYLOCK_CONFIG_FILE and the
+    environment (the `serve` command sets both)."""
+    config = config_mod.load(os.environ.get("QUAYLOCK_CONFIG_FILE") or None)
+    log.configure(config.log.level, config.log.format)
+    return build_app(config)

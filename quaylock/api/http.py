@@ -1,0 +1,139 @@
+"""The small HTTP toolkit the handlers share: a request view over the ASGI
+scope, responses, and body streaming with a byte limit.
+
+ASGI (https://asgi.readthedocs.io) hands us the scope and two callables; we
+keep no framework between them and the handlers, because the manifest GET
+path runs tens of thousands of times a second and every layer costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+from quaylock.errors import BlobUploadInvalid, SizeInvalid, TooLarge
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was complete."""
+
+
+class Request:
+    """A read-only view of one ASGI HTTP request."""
+
+    __slots__ = ("scope", "receive", "params", "_headers", "_query", "bytes_in")
+
+    def __init__(self, scope: dict, receive, params: dict[str, str]):
+        self.scope = scope
+        self.receive = receive
+        self.params = params
+        self._headers: dict[str, str] | None = None
+        self._query: dict[str, str] | None = None
+        self.bytes_in = 0
+
+    @property
+    def method(self) -> str:
+        return self.scope["method"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            # Later duplicates win, except that we never join them: no header
+            # we read may legitimately repeat.
+            self._headers = {
+                k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]
+            }
+        return self._headers
+
+    @property
+    def query(self) -> dict[str, str]:
+        if self._query is None:
+            raw = self.scope.get("query_string", b"").decode("latin-1")
+            self._query = dict(parse_qsl(raw, keep_blank_values=True))
+        return self._query
+
+    def content_length(self) -> int | None:
+        """Return the declared body length, or None when none was sent.
+
+        Raises:
+            SizeInvalid: the header is not a whole number.
+        """
+        value = self.headers.get("content-length")
+        if value is None:
+            return None
+        if not value.strip().isdigit():
+            raise SizeInvalid(f"Content-Length {value[:30]!r} is not a whole number")
+        return int(value)
+
+    def content_type(self) -> str | None:
+        value = self.headers.get("content-type")
+        if value is None:
+            return None
+        return value.split(";", 1)[0].strip().lower()
+
+    async def body_chunks(self, limit: int | None = None) -> AsyncIterator[bytes]:
+        """Yield the request body as it arrives.
+
+        Args:
+            limit: the most bytes allowed; the stream stops with TooLarge as
+                soon as it is passed (before the bytes past it are used).
+
+        Raises:
+            TooLarge: the body is longer than `limit`.
+            ClientDisconnected: the connection closed mid-body.
+            BlobUploadInvalid: the body is shorter or longer than its
+                Content-Length.
+        """
+        declared = self.content_length()
+        if limit is not None and declared is not None and declared > limit:
+            raise TooLarge(
+                f"request body is {declared} bytes; the limit is {limit} bytes",
+                detail={"limit": limit, "size": declared},
+            )
+        received = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            if chunk:
+                received += len(chunk)
+                self.bytes_in = received
+                if limit is not None and received > limit:
+                    raise TooLarge(
+                        f"request body passed the limit of {limit} bytes",
+                        detail={"limit": limit},
+                    )
+                yield chunk
+            if not message.get("more_body", False):
+                break
+        if declared is not None and received != declared:
+            raise BlobUploadInvalid(
+                f"body was {received} bytes, but Content-Length said {declared}"
+            )
+
+    async def body(self, limit: int) -> bytes:
+        """Read the whole body, at most `limit` bytes (see `body_chunks`)."""
+        parts = [chunk async for chunk in self.body_chunks(limit)]
+        return b"".join(parts)
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    # Stream these chunks instead of `body` (for blob bytes via Python).
+    stream: AsyncIterator[bytes] | None = None
+    # Or send this file with the server's zero-copy path.
+    path: str | None = None
+    # Content-Length for `stream` and `path` responses.
+    length: int | None = None
+
+
+def header(name: str, value: str) -> tuple[bytes, bytes]:
+    return name.encode("latin-1"), value.encode("latin-1")
+
+
+JSON = (b"content-type", b"application/json")

@@ -1,0 +1,52 @@
+"""The `quaylock` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from quaylock import __version__
+from quaylock import config as config_mod
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="quaylock", description="An OCI container registry that defends itself."
+    )
+    parser.add_argument("--version", action="version", version=f"quaylock {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the registry")
+    serve.add_argument("--config", help="YAML configuration file")
+    serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:5000)")
+    serve.add_argument("--data", help="data folder (default ./data)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            from quaylock.cli.serve import serve as run_serve
+
+            return run_serve(args)
+    except config_mod.ConfigError as exc:
+        print(f"quaylock: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def apply_flags(args) -> None:
+    """Pass command-line settings down as environment overrides, so that the
+    worker processes, which load the configuration themselves, see them."""
+    if args.config:
+        os.environ["QUAYLOCK_CONFIG_FILE"] = os.path.abspath(args.config)
+    if args.listen:
+        os.environ["QUAYLOCK_LISTEN"] = args.listen
+    if args.data:
+        os.environ["QUAYLOCK_DATA"] = os.path.abspath(args.data)
+    if getattr(args, "workers", None):
+        os.environ["QUAYLOCK_SERVER__WORKERS"] = str(args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

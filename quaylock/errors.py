@@ -1,0 +1,135 @@
+"""The errors the registry reports to clients.
+
+Services raise these; `quaylock.api.errors` maps each class to an HTTP status
+and an OCI error code in one table. Drivers raise their own errors
+(`quaylock.storage.driver.DriverError`), which services translate.
+
+    RegistryError
+    ├── BlobUnknown              a blob is not in the repository
+    ├── BlobUploadInvalid        an upload request cannot be applied
+    ├── BlobUploadUnknown        no such upload session
+    ├── DigestInvalid            a digest is malformed or does not match content
+    ├── ManifestBlobUnknown      a manifest refers to a blob or manifest not here
+    ├── ManifestInvalid          a manifest fails validation
+    │   └── ManifestSchemaUnsupported  schema 1 and other refused formats
+    ├── ManifestUnknown          no manifest for that tag or digest
+    ├── NameInvalid              a repository name outside the grammar
+    ├── NameUnknown              no such repository
+    ├── SizeInvalid              a length does not match the content
+    ├── TooLarge                 a body is above a configured limit
+    ├── RangeInvalid             a chunk is out of order or overlaps
+    ├── TagInvalid               a tag outside the grammar
+    ├── PaginationInvalid        `n` or `last` cannot be used
+    ├── Unauthorized             authentication is required
+    ├── Denied                   the subject may not do this
+    ├── TooManyRequests          a rate limit refused the request
+    ├── Unsupported              an operation or algorithm we do not offer
+    ├── MethodNotAllowed         the route exists, the method does not
+    ├── NotFound                 no such route
+    └── Unavailable              a store cannot serve now
+"""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base of every error a client may see.
+
+    Args:
+        message: what was wrong, and the limit where a limit was hit.
+        detail: optional JSON-serialisable detail for the error body.
+    """
+
+    def __init__(self, message: str = "", detail: object = None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.headers: dict[str, str] = {}
+
+
+class BlobUnknown(RegistryError):
+    pass
+
+
+class BlobUploadInvalid(RegistryError):
+    pass
+
+
+class BlobUploadUnknown(RegistryError):
+    pass
+
+
+class DigestInvalid(RegistryError):
+    pass
+
+
+class ManifestBlobUnknown(RegistryError):
+    pass
+
+
+class ManifestInvalid(RegistryError):
+    pass
+
+
+class ManifestSchemaUnsupported(ManifestInvalid):
+    pass
+
+
+class ManifestUnknown(RegistryError):
+    pass
+
+
+class NameInvalid(RegistryError):
+    pass
+
+
+class NameUnknown(RegistryError):
+    pass
+
+
+class SizeInvalid(RegistryError):
+    pass
+
+
+class TooLarge(RegistryError):
+    pass
+
+
+class RangeInvalid(RegistryError):
+    pass
+
+
+class TagInvalid(RegistryError):
+    pass
+
+
+class PaginationInvalid(RegistryError):
+    pass
+
+
+class Unauthorized(RegistryError):
+    pass
+
+
+class Denied(RegistryError):
+    pass
+
+
+class TooManyRequests(RegistryError):
+    pass
+
+
+class Unsupported(RegistryError):
+    pass
+
+
+class MethodNotAllowed(RegistryError):
+    pass
+
+
+class NotFound(RegistryError):
+    pass
+
+
+class Unavailable(RegistryError):
+    pass

@@ -1,0 +1,93 @@
+"""Versioned schema migrations for the metadata store.
+
+Each entry of MIGRATIONS moves the schema from version i to i+1 and is
+written in the SQL that SQLite and PostgreSQL share. Migrations only ever
+append: a released step is never edited. A store whose version is newer than
+the last step here was written by a newer quaylock, and is refused rather
+than misread (see `check_version`).
+
+Text keys that clients page through (repository names, tags) must sort by
+bytes, as the spec's lexical order requires; SQLite's default BINARY
+collation does that.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: repositories, blobs, manifests, tags, upload sessions.
+    """
+    CREATE TABLE repositories (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE blobs (
+        digest TEXT PRIMARY KEY,
+        size BIGINT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE repository_blobs (
+        repository_id INTEGER NOT NULL REFERENCES repositories (id),
+        digest TEXT NOT NULL REFERENCES blobs (digest),
+        created_at REAL NOT NULL,
+        PRIMARY KEY (repository_id, digest)
+    );
+    CREATE INDEX repository_blobs_digest ON repository_blobs (digest);
+    CREATE TABLE manifests (
+        repository_id INTEGER NOT NULL REFERENCES repositories (id),
+        digest TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        artifact_type TEXT,
+        subject TEXT,
+        annotations TEXT,
+        size BIGINT NOT NULL,
+        content BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (repository_id, digest)
+    );
+    CREATE INDEX manifests_subject ON manifests (repository_id, subject);
+    CREATE TABLE manifest_references (
+        repository_id INTEGER NOT NULL,
+        manifest_digest TEXT NOT NULL,
+        child_digest TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        PRIMARY KEY (repository_id, manifest_digest, child_digest)
+    );
+    CREATE INDEX manifest_references_child
+        ON manifest_references (repository_id, child_digest);
+    CREATE TABLE tags (
+        repository_id INTEGER NOT NULL REFERENCES repositories (id),
+        name TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (repository_id, name)
+    );
+    CREATE INDEX tags_digest ON tags (repository_id, digest);
+    CREATE TABLE uploads (
+        upload_id TEXT PRIMARY KEY,
+        repository TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    """The store was migrated by a newer quaylock than this one."""
+
+
+def check_version(found: int) -> None:
+    """Refuse a store whose schema is newer than this code knows.
+
+    Raises:
+        SchemaTooNew: `found` is above SCHEMA_VERSION.
+    """
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"metadata schema is version {found}, but this quaylock knows "
+            f"only up to {SCHEMA_VERSION}: upgrade quaylock before starting it"
+        )

@@ -1,0 +1,210 @@
+"""Registry operations: blobs, manifests, tags, listings and referrers.
+
+Route handlers call these and nothing below them, so every rule here holds
+for every route and for the command line alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from quaylock import oci
+from quaylock.config import Config
+from quaylock.errors import (
+    BlobUnknown,
+    DigestInvalid,
+    ManifestUnknown,
+    NameUnknown,
+    PaginationInvalid,
+    TooLarge,
+    Unsupported,
+)
+from quaylock.metadata.store import ManifestRecord, SQLiteStore
+from quaylock.oci import Digest
+from quaylock.services.manifests import parse_manifest
+from quaylock.services.uploads import UploadService
+from quaylock.storage.driver import BlobDriver
+
+
+@dataclass(slots=True)
+class Page:
+    items: list[str]
+    # The `last` value for the next page, or None on the last page.
+    next_last: str | None
+    limit: int
+
+
+class Registry:
+    """The operations of the distribution API over the stores.
+
+    Args:
+        config: the registry's configuration.
+        driver: where blob bytes live.
+        store: where repositories, manifests and tags live.
+    """
+
+    def __init__(self, config: Config, driver: BlobDriver, store: SQLiteStore):
+        self.config = config
+        self.driver = driver
+        self.store = store
+        self.uploads = UploadService(driver, store)
+
+    # Blobs
+
+    async def blob_size(self, repository: str, digest: Digest) -> int:
+        """Return the size of a blob visible in `repository`.
+
+        Raises:
+            BlobUnknown: the repository has no such blob.
+        """
+        size = await self.store.repository_blob_size(repository, str(digest))
+        if size is None:
+            raise BlobUnknown(f"blob {digest} is not in repository {repository}")
+        return size
+
+    async def mount_blob(
+        self, repository: str, digest: Digest, source: str | None
+    ) -> int | None:
+        """Make a blob from another repository visible here, without bytes.
+
+        With `source`, the blob must be visible there; without it, anywhere.
+        Returns the blob's size, or None when it cannot be mounted (the
+        caller then opens an upload session instead, as the spec asks).
+        """
+        if source is not None:
+            size = await self.store.repository_blob_size(source, str(digest))
+        else:
+            # TODO(#4): restrict to repositories the caller may pull.
+            size = await self.store.blob_size(str(digest))
+        if size is None or await self.driver.blob_size(str(digest)) is None:
+            return None
+        await self.store.link_blob(repository, str(digest), size)
+        return size
+
+    async def delete_blob(self, repository: str, digest: Digest) -> None:
+        self._check_deletes()
+        if not await self.store.unlink_blob(repository, str(digest)):
+            raise BlobUnknown(f"blob {digest} is not in repository {repository}")
+
+    # Manifests
+
+    async def get_manifest(self, repository: str, reference: str) -> ManifestRecord:
+        """Return the manifest a tag or digest names.
+
+        Raises:
+            ManifestUnknown: nothing by that reference in the repository.
+        """
+        manifest = await self.store.get_manifest(repository, reference)
+        if manifest is None:
+            raise ManifestUnknown(
+                f"manifest {reference} is not in repository {repository}"
+            )
+        return manifest
+
+    async def put_manifest(
+        self, repository: str, reference: str, content_type: str | None, content: bytes
+    ) -> ManifestRecord:
+        """Validate and store a manifest; tag it when `reference` is a tag.
+
+        Raises:
+            TooLarge: the manifest is above `limits.manifest_max_bytes`.
+            ManifestInvalid: see `parse_manifest`.
+            DigestInvalid: `reference` is a digest the content does not have.
+            ManifestBlobUnknown: a blob or child manifest is not here.
+        """
+        self.check_manifest_size(len(content))
+        tag = None
+        if oci.is_digest(reference):
+            expected = Digest.parse(reference)
+            digest = Digest.of(content, expected.algorithm)
+            if digest != expected:
+                raise DigestInvalid(
+                    f"manifest digest is {digest}, not {expected} as in the URL"
+                )
+        else:
+            tag = oci.check_tag(reference)
+            digest = Digest.of(content)
+        parsed = parse_manifest(content, content_type)
+        record = ManifestRecord(
+            digest=str(digest),
+            media_type=parsed.media_type,
+            content=content,
+            artifact_type=parsed.artifact_type,
+            subject=parsed.subject,
+            annotations=parsed.annotations,
+        )
+        await self.store.put_manifest(repository, record, parsed.references, tag)
+        return record
+
+    def check_manifest_size(self, size: int) -> None:
+        limit = self.config.limits.manifest_max_bytes
+        if size > limit:
+            raise TooLarge(
+                f"manifest is {size} bytes; the limit is {limit} bytes",
+                detail={"limit": limit, "size": size},
+            )
+
+    async def delete_manifest(self, repository: str, reference: str) -> None:
+        """Delete a manifest by digest (and its tags), or a tag alone."""
+        self._check_deletes()
+        if oci.is_digest(reference):
+            await self.store.delete_manifest(repository, str(Digest.parse(reference)))
+        else:
+            await self.store.delete_tag(repository, oci.check_tag(reference))
+
+    # Listings
+
+    async def list_tags(self, repository: str, n: str | None, last: str | None) -> Page:
+        limit = self._page_size(n)
+        if not await self.store.repository_exists(repository):
+            raise NameUnknown(f"repository {repository} is not known")
+        items = await self.store.list_tags(repository, limit + 1, last)
+        return _page(items, limit)
+
+    async def list_repositories(self, n: str | None, last: str | None) -> Page:
+        limit = self._page_size(n)
+        # TODO(#4): list only repositories the caller may pull.
+        items = await self.store.list_repositories(limit + 1, last)
+        return _page(items, limit)
+
+    async def referrers(
+        self, repository: str, digest: Digest, artifact_type: str | None
+    ) -> bytes:
+        """Return the referrers of `digest` as an OCI image index.
+
+        Unknown repositories and subjects give an empty index, never a 404
+        (distribution-spec "Listing Referrers").
+        """
+        rows = await self.store.list_referrers(repository, str(digest), artifact_type)
+        limit = self.config.limits.page_max_entries
+        # TODO(#7): page referrers past the cap with a Link header.
+        manifests = []
+        for ref_digest, media_type, size, ref_type, annotations in rows[:limit]:
+            entry = {"mediaType": media_type, "digest": ref_digest, "size": size}
+            if ref_type:
+                entry["artifactType"] = ref_type
+            if annotations:
+                entry["annotations"] = annotations
+            manifests.append(entry)
+        index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": manifests}
+        return json.dumps(index, separators=(",", ":")).encode()
+
+    def _page_size(self, n: str | None) -> int:
+        cap = self.config.limits.page_max_entries
+        if n is None or n == "":
+            return min(self.config.limits.page_default_entries, cap)
+        if not n.isdigit():
+            raise PaginationInvalid(f"n must be a whole number >= 0, got {n[:20]!r}")
+        return min(int(n), cap)
+
+    def _check_deletes(self) -> None:
+        if not self.config.deletes:
+            raise Unsupported("deletes are disabled on this registry")
+
+
+def _page(items: list[str], limit: int) -> Page:
+    if len(items) > limit:
+        items = items[:limit]
+        return Page(items, items[-1] if items else None, limit)
+    return Page(items, None, limit)

@@ -1,0 +1,158 @@
+"""Blob driver on a local filesystem (the embedded default).
+
+Durability: a blob is written to its upload session's file, fsynced, renamed
+into `blobs/` and the directory fsynced, so after a crash a blob either is
+there whole or is not there at all. Blocking file calls run in worker
+threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+
+from quaylock.storage import paths
+from quaylock.storage.driver import PathNotFound
+
+READ_CHUNK = 1024 * 1024
+
+
+class FilesystemDriver:
+    """Blobs and upload sessions under one folder (see `storage.paths`)."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        os.makedirs(paths.uploads_dir(self.root), mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(self.root, "blobs"), mode=0o700, exist_ok=True)
+
+    # Blobs
+
+    async def blob_size(self, digest: str) -> int | None:
+        try:
+            return os.stat(paths.blob_path(self.root, digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def blob_path(self, digest: str) -> str:
+        return paths.blob_path(self.root, digest)
+
+    async def read_blob(
+        self, digest: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        path = paths.blob_path(self.root, digest)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise PathNotFound(digest) from None
+        try:
+            async for chunk in _read_fd(fd, offset, length):
+                yield chunk
+        finally:
+            os.close(fd)
+
+    async def delete_blob(self, digest: str) -> None:
+        try:
+            os.unlink(paths.blob_path(self.root, digest))
+        except FileNotFoundError:
+            pass
+
+    # Upload sessions
+
+    async def start_upload(self, upload_id: str) -> None:
+        directory = paths.upload_dir(self.root, upload_id)
+        os.mkdir(directory, 0o700)
+        fd = os.open(os.path.join(directory, "data"), os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+    async def append_upload(self, upload_id: str, offset: int, data: bytes) -> None:
+        await asyncio.to_thread(self._pwrite, upload_id, offset, data)
+
+    def _pwrite(self, upload_id: str, offset: int, data) -> None:
+        try:
+            fd = os.open(paths.upload_data_path(self.root, upload_id), os.O_WRONLY)
+        except FileNotFoundError:
+            raise PathNotFound(upload_id) from None
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view = view[written:]
+                offset += written
+        finally:
+            os.close(fd)
+
+    async def upload_size(self, upload_id: str) -> int:
+        try:
+            return os.stat(paths.upload_data_path(self.root, upload_id)).st_size
+        except FileNotFoundError:
+            raise PathNotFound(upload_id) from None
+
+    async def truncate_upload(self, upload_id: str, size: int) -> None:
+        try:
+            os.truncate(paths.upload_data_path(self.root, upload_id), size)
+        except FileNotFoundError:
+            raise PathNotFound(upload_id) from None
+
+    async def read_upload(self, upload_id: str) -> AsyncIterator[bytes]:
+        try:
+            fd = os.open(paths.upload_data_path(self.root, upload_id), os.O_RDONLY)
+        except FileNotFoundError:
+            raise PathNotFound(upload_id) from None
+        try:
+            async for chunk in _read_fd(fd, 0, None):
+                yield chunk
+        finally:
+            os.close(fd)
+
+    async def commit_upload(self, upload_id: str, digest: str) -> None:
+        await asyncio.to_thread(self._commit, upload_id, digest)
+
+    def _commit(self, upload_id: str, digest: str) -> None:
+        source = paths.upload_data_path(self.root, upload_id)
+        target = paths.blob_path(self.root, digest)
+        try:
+            fd = os.open(source, os.O_RDONLY)
+        except FileNotFoundError:
+            raise PathNotFound(upload_id) from None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not os.path.exists(target):
+            directory = os.path.dirname(target)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.replace(source, target)
+            _fsync_dir(directory)
+        shutil.rmtree(paths.upload_dir(self.root, upload_id), ignore_errors=True)
+
+    async def abort_upload(self, upload_id: str) -> None:
+        await asyncio.to_thread(
+            shutil.rmtree, paths.upload_dir(self.root, upload_id), True
+        )
+
+    def list_uploads(self) -> list[str]:
+        names = os.listdir(paths.uploads_dir(self.root))
+        return [name for name in names if paths.is_upload_id(name)]
+
+
+async def _read_fd(fd: int, offset: int, length: int | None) -> AsyncIterator[bytes]:
+    remaining = length
+    while remaining is None or remaining > 0:
+        size = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+        chunk = await asyncio.to_thread(os.pread, fd, size, offset)
+        if not chunk:
+            return
+        offset += len(chunk)
+        if remaining is not None:
+            remaining -= len(chunk)
+        yield chunk
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
