@@ -66,7 +66,7 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
         return size - length, size - 1
     start = int(first)
     end = int(last) if last.isdigit() else size - 1
-    if end < start:
+    if last.isdigit() and end < start:
         return None
     if start >= size:
         raise _unsatisfiable(value, size)

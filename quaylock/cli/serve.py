@@ -8,6 +8,7 @@ from the same configuration (`quaylock.api.app.create_app`).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from quaylock import config as config_mod
 from quaylock import log
@@ -40,7 +41,7 @@ def serve(args) -> int:
     )
     options = {}
     if config.tls.cert:
-        options = {"ssl_cert": config.tls.cert, "ssl_key": config.tls.key}
+        options = {"ssl_cert": Path(config.tls.cert), "ssl_key": Path(config.tls.key)}
     server = Granian(
         "quaylock.api.app:create_app",
         factory=True,

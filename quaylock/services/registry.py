@@ -15,10 +15,10 @@ from quaylock.errors import (
     BlobUnknown,
     DigestInvalid,
     ManifestUnknown,
+    MethodNotAllowed,
     NameUnknown,
     PaginationInvalid,
     TooLarge,
-    Unsupported,
 )
 from quaylock.metadata.store import ManifestRecord, SQLiteStore
 from quaylock.oci import Digest
@@ -200,7 +200,7 @@ class Registry:
 
     def _check_deletes(self) -> None:
         if not self.config.deletes:
-            raise Unsupported("deletes are disabled on this registry")
+            raise MethodNotAllowed("deletes are disabled on this registry")
 
 
 def _page(items: list[str], limit: int) -> Page:

@@ -1,0 +1,43 @@
+# quaylock: `make serve` runs the registry, `make test` runs the tests.
+# Both build .venv from the hash-locked requirements on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: serve test test-deps lock clean
+
+$(VENV)/.runtime: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --require-hashes --no-deps -r requirements.lock
+	$(PIP) --no-deps --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime requirements-test.lock
+	$(PIP) --require-hashes --no-deps -r requirements-test.lock
+	touch $@
+
+serve: $(VENV)/.runtime
+	$(BIN)/quaylock serve $(ARGS)
+
+test-deps:
+	./scripts/test-deps
+
+test: $(VENV)/.test test-deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Re-pin every dependency, with hashes (needs network access to PyPI).
+lock:
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet pip-tools
+	.lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-find-links -o requirements.lock requirements.in
+	.lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-find-links -o requirements-test.lock requirements-test.in
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) data

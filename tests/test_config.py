@@ -1,0 +1,45 @@
+"""Configuration loading: file, environment overrides, refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from quaylock import config
+
+
+def test_defaults_need_no_file():
+    cfg = config.load(None, env={})
+    assert cfg.listen == "127.0.0.1:5000"
+    assert cfg.limits.manifest_max_bytes == 4 * 1024 * 1024
+    assert cfg.deletes is True
+
+
+def test_file_then_environment(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("listen: 127.0.0.1:6000\nlimits:\n  page_max_entries: 50\n")
+    env = {"QUAYLOCK_LIMITS__PAGE_MAX_ENTRIES": "7", "QUAYLOCK_DELETES": "false"}
+    cfg = config.load(path, env=env)
+    assert cfg.port == 6000
+    assert cfg.limits.page_max_entries == 7
+    assert cfg.deletes is False
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("limits:\n  manifest_max_byte: 1\n", "limits.manifest_max_byte"),
+        ("limits:\n  manifest_max_bytes: lots\n", "whole number"),
+        ("deletes: maybe\n", "true or false"),
+        ("listen: nowhere\n", "HOST:PORT"),
+        ("- a list\n", "mapping"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_key(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(path, env={})
+
+
+def test_ipv6_listen():
+    assert config.split_listen("[::1]:5000") == ("::1", 5000)
