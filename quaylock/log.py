@@ -47,7 +47,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None) or {}
         extra = " ".join(f"{k}={v}" for k, v in redact(fields).items())
-        line = f"{record.levelname.lower():5} {record.name}: {record.getMessage()} {extra}"
+        line = (
+            f"{record.levelname.lower():5} {record.name}: {record.getMessage()} {extra}"
+        )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line.rstrip()

@@ -67,7 +67,10 @@ class Server:
 
 
 def start_server(
-    tmp: Path, settings: dict | None = None, env: dict | None = None, ca: Path | None = None
+    tmp: Path,
+    settings: dict | None = None,
+    env: dict | None = None,
+    ca: Path | None = None,
 ) -> Server:
     """Start `quaylock serve` in `tmp` and wait until /v2/ answers (over TLS,
     trusting `ca`, when `ca` is given)."""
@@ -118,7 +121,9 @@ def make_server(tmp_path):
     """Start registries with their own settings; stops them after the test."""
     started: list[Server] = []
 
-    def make(settings: dict | None = None, env: dict | None = None, ca: Path | None = None):
+    def make(
+        settings: dict | None = None, env: dict | None = None, ca: Path | None = None
+    ):
         srv = start_server(tmp_path / f"srv{len(started)}", settings, env, ca)
         started.append(srv)
         return srv
@@ -139,5 +144,7 @@ def require_tool(name: str) -> str:
     since `make test` installs it."""
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed; run `make test-deps` (scripts/test-deps)")
+        pytest.fail(
+            f"{name} is not installed; run `make test-deps` (scripts/test-deps)"
+        )
     return path

@@ -68,7 +68,9 @@ def push_manifest(
     )
 
 
-def push_image(client: httpx.Client, repo: str, tag: str | None = "v1", seed: str = "") -> dict:
+def push_image(
+    client: httpx.Client, repo: str, tag: str | None = "v1", seed: str = ""
+) -> dict:
     """Push a small image (config + two layers) and return its parts."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
     layers = [f"layer-one {seed}".encode() * 100, f"layer-two {seed}".encode() * 300]

@@ -18,13 +18,25 @@ def test_every_registry_error_class_has_a_row():
         for obj in vars(errors).values()
         if isinstance(obj, type) and issubclass(obj, errors.RegistryError)
     ]
-    missing = [c.__name__ for c in classes if c is not errors.RegistryError and c not in ERROR_TABLE]
+    missing = [
+        c.__name__
+        for c in classes
+        if c is not errors.RegistryError and c not in ERROR_TABLE
+    ]
     assert missing == []
 
 
 def test_error_body_shape():
-    status, body = error_body(errors.TooLarge("too big: limit 10", detail={"limit": 10}))
+    status, body = error_body(
+        errors.TooLarge("too big: limit 10", detail={"limit": 10})
+    )
     assert status == 413
     assert json.loads(body) == {
-        "errors": [{"code": "SIZE_INVALID", "message": "too big: limit 10", "detail": {"limit": 10}}]
+        "errors": [
+            {
+                "code": "SIZE_INVALID",
+                "message": "too big: limit 10",
+                "detail": {"limit": 10},
+            }
+        ]
     }

@@ -54,13 +54,18 @@ def test_docker_schema2_manifest_and_list(client):
         {
             "schemaVersion": 2,
             "mediaType": DOCKER_MANIFEST,
-            "config": descriptor("application/vnd.docker.container.image.v1+json", config),
+            "config": descriptor(
+                "application/vnd.docker.container.image.v1+json", config
+            ),
             "layers": [
                 descriptor("application/vnd.docker.image.rootfs.diff.tar.gzip", layer)
             ],
         }
     ).encode()
-    assert push_manifest(client, repo, "amd64", manifest, DOCKER_MANIFEST).status_code == 201
+    assert (
+        push_manifest(client, repo, "amd64", manifest, DOCKER_MANIFEST).status_code
+        == 201
+    )
     manifest_list = json.dumps(
         {
             "schemaVersion": 2,
@@ -74,7 +79,10 @@ def test_docker_schema2_manifest_and_list(client):
             ],
         }
     ).encode()
-    assert push_manifest(client, repo, "multi", manifest_list, DOCKER_LIST).status_code == 201
+    assert (
+        push_manifest(client, repo, "multi", manifest_list, DOCKER_LIST).status_code
+        == 201
+    )
     response = client.get(f"/v2/{repo}/manifests/multi")
     assert response.headers["content-type"] == DOCKER_LIST
     assert response.content == manifest_list
@@ -87,7 +95,10 @@ def test_descriptor_size_must_match_stored_blob(client):
     body = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {**descriptor("application/vnd.oci.image.config.v1+json", config), "size": 3},
+        "config": {
+            **descriptor("application/vnd.oci.image.config.v1+json", config),
+            "size": 3,
+        },
         "layers": [],
     }
     response = push_manifest(client, repo, "v1", json.dumps(body).encode())
@@ -122,7 +133,9 @@ def test_manifest_over_limit_without_content_length_is_stopped(client):
             yield b" " * (1024 * 1024)
 
     response = client.put(
-        f"/v2/{repo}/manifests/v1", content=body(), headers={"content-type": OCI_MANIFEST}
+        f"/v2/{repo}/manifests/v1",
+        content=body(),
+        headers={"content-type": OCI_MANIFEST},
     )
     assert response.status_code == 413
     assert client.get(f"/v2/{repo}/manifests/v1").status_code == 404
@@ -165,7 +178,9 @@ def test_referrers_lists_artifacts_and_filters_by_type(client):
                 "annotations": {"kind": kind},
             }
         ).encode()
-        assert push_manifest(client, repo, sha256(artifact), artifact).status_code == 201
+        assert (
+            push_manifest(client, repo, sha256(artifact), artifact).status_code == 201
+        )
         pushed[kind] = artifact
 
     everything = client.get(f"/v2/{repo}/referrers/{image['digest']}")
@@ -186,7 +201,9 @@ def test_referrers_lists_artifacts_and_filters_by_type(client):
         params={"artifactType": "application/x-sbom"},
     )
     assert filtered.headers["oci-filters-applied"] == "artifactType"
-    assert [m["artifactType"] for m in filtered.json()["manifests"]] == ["application/x-sbom"]
+    assert [m["artifactType"] for m in filtered.json()["manifests"]] == [
+        "application/x-sbom"
+    ]
 
 
 def test_image_config_media_type_is_artifact_type_when_none_given(client):
@@ -205,7 +222,9 @@ def test_image_config_media_type_is_artifact_type_when_none_given(client):
     ).encode()
     assert push_manifest(client, repo, sha256(artifact), artifact).status_code == 201
     index = client.get(f"/v2/{repo}/referrers/{image['digest']}").json()
-    assert [m["artifactType"] for m in index["manifests"]] == ["application/x-custom-config"]
+    assert [m["artifactType"] for m in index["manifests"]] == [
+        "application/x-custom-config"
+    ]
 
 
 def test_delete_by_tag_keeps_the_manifest(client):
@@ -245,7 +264,10 @@ def test_tags_are_sorted_and_paginated_with_link(client):
     for tag in tags:
         assert push_manifest(client, repo, tag, image["manifest"]).status_code == 201
     everything = sorted(["a", *tags])
-    assert client.get(f"/v2/{repo}/tags/list").json() == {"name": repo, "tags": everything}
+    assert client.get(f"/v2/{repo}/tags/list").json() == {
+        "name": repo,
+        "tags": everything,
+    }
 
     seen, url, params = [], f"/v2/{repo}/tags/list", {"n": "3"}
     for _ in range(10):
@@ -308,7 +330,9 @@ def test_deletes_can_be_switched_off(make_server, method, path):
     with server.client() as client:
         repo = unique_repo("m")
         image = push_image(client, repo)
-        url = path.format(repo=repo, digest=image["digest"], layer=sha256(image["layers"][0]))
+        url = path.format(
+            repo=repo, digest=image["digest"], layer=sha256(image["layers"][0])
+        )
         response = client.request(method, url)
         assert response.status_code == 405
         assert error_code(response) == "UNSUPPORTED"

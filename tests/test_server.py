@@ -90,7 +90,9 @@ def test_chunked_push_of_1_gib_keeps_server_memory_flat(make_server):
         sampler.join()
     growth_mib = (peak[0] - baseline) / 1024
     print(f"worker RSS baseline {baseline // 1024} MiB, peak {peak[0] // 1024} MiB")
-    assert growth_mib < 32, f"server memory grew by {growth_mib:.0f} MiB for a 1 GiB upload"
+    assert growth_mib < 32, (
+        f"server memory grew by {growth_mib:.0f} MiB for a 1 GiB upload"
+    )
     assert peak[0] / 1024 < 100
 
 
@@ -102,7 +104,9 @@ def test_shutdown_mid_chunk_keeps_the_session_whole(tmp_path):
     try:
         with server.client() as client:
             location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
-            first = client.patch(location, content=data[:MiB], headers={"content-range": f"0-{MiB - 1}"})
+            first = client.patch(
+                location, content=data[:MiB], headers={"content-range": f"0-{MiB - 1}"}
+            )
             assert first.status_code == 202
 
         # A second chunk that never finishes arriving.
@@ -125,7 +129,11 @@ def test_shutdown_mid_chunk_keeps_the_session_whole(tmp_path):
             status = client.get(location)
             assert status.status_code == 204
             assert status.headers["range"] == f"0-{MiB - 1}"
-            rest = client.patch(location, content=data[MiB:], headers={"content-range": f"{MiB}-{4 * MiB - 1}"})
+            rest = client.patch(
+                location,
+                content=data[MiB:],
+                headers={"content-range": f"{MiB}-{4 * MiB - 1}"},
+            )
             assert rest.status_code == 202, rest.text
             done = client.put(location, params={"digest": sha256(data)})
             assert done.status_code == 201, done.text
@@ -159,7 +167,9 @@ def test_one_log_line_per_request_without_query_or_credentials(make_server):
             headers={"authorization": "Basic c2VjcmV0LXBhc3N3b3Jk"},
         )
     time.sleep(0.3)
-    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    lines = [
+        json.loads(line) for line in server.log().splitlines() if line.startswith("{")
+    ]
     requests = [line for line in lines if line.get("msg") == "request"]
     [entry] = [line for line in requests if line["repository"] == repo]
     assert entry["route"] == "/v2/{name}/tags/list"

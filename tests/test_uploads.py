@@ -22,7 +22,9 @@ def start(client, repo) -> str:
 def patch(client, location, data, start=None, end=None):
     headers = {"content-type": "application/octet-stream"}
     if start is not None:
-        headers["content-range"] = f"{start}-{start + len(data) - 1 if end is None else end}"
+        headers["content-range"] = (
+            f"{start}-{start + len(data) - 1 if end is None else end}"
+        )
     return client.patch(location, content=data, headers=headers)
 
 

@@ -92,7 +92,9 @@ ROUTES = [
     ),
 ]
 EXACT_ROUTES = {
-    "/v2/": _route("/v2/", r"/v2/", GET=listings.api_version, HEAD=listings.api_version),
+    "/v2/": _route(
+        "/v2/", r"/v2/", GET=listings.api_version, HEAD=listings.api_version
+    ),
     "/v2": _route("/v2/", r"/v2", GET=listings.api_version, HEAD=listings.api_version),
     "/v2/_catalog": _route("/v2/_catalog", r"/v2/_catalog", GET=listings.catalog),
 }
@@ -148,6 +150,13 @@ class App:
         started = time.perf_counter()
         route, request, status = None, None, 500
         bytes_out = 0
+        sent_start = False
+
+        async def tracked_send(message):
+            nonlocal sent_start
+            sent_start = True
+            await send(message)
+
         try:
             found = match(scope["path"])
             if found is None:
@@ -161,23 +170,33 @@ class App:
             if "name" in params:
                 _checked_name(params["name"])
             if "upload_id" in params and not paths.is_upload_id(params["upload_id"]):
-                raise BlobUploadUnknown(f"upload {params['upload_id'][:64]!r} is not open")
+                raise BlobUploadUnknown(
+                    f"upload {params['upload_id'][:64]!r} is not open"
+                )
             request = Request(scope, receive, params)
             response = await handler(self.registry, request)
             status = response.status
-            bytes_out = await self._send(scope, send, response)
+            bytes_out = await self._send(scope, tracked_send, response)
         except RegistryError as exc:
             status, body = error_body(exc)
-            headers = [JSON_ERROR, *((k.encode(), v.encode()) for k, v in exc.headers.items())]
-            bytes_out = await self._send(scope, send, Response(status, headers, body=body))
+            headers = [
+                JSON_ERROR,
+                *((k.encode(), v.encode()) for k, v in exc.headers.items()),
+            ]
+            bytes_out = await self._send(
+                scope, send, Response(status, headers, body=body)
+            )
         except ClientDisconnected:
             status = 499
         except Exception:
-            status = 500
-            log.logger.exception("unhandled error", extra={"fields": {"route": _template(route)}})
-            await self._send(
-                scope, send, Response(500, [JSON_ERROR], body=internal_error_body())
+            log.logger.exception(
+                "unhandled error", extra={"fields": {"route": _template(route)}}
             )
+            if not sent_start:
+                status = 500
+                await self._send(
+                    scope, send, Response(500, [JSON_ERROR], body=internal_error_body())
+                )
         if self.log_requests:
             self._log(scope, route, request, status, started, bytes_out)
 
@@ -191,7 +210,13 @@ class App:
         else:
             length = len(response.body)
         headers.append((b"content-length", str(length).encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": headers,
+            }
+        )
 
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
@@ -204,7 +229,9 @@ class App:
         if response.stream is not None:
             sent = 0
             async for chunk in response.stream:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": chunk, "more_body": True}
+                )
                 sent += len(chunk)
             await send({"type": "http.response.body", "body": b""})
             return sent

@@ -39,8 +39,12 @@ async def get_blob(registry: Registry, request: Request) -> Response:
             return Response(206, headers, stream=stream, length=end - start + 1)
 
     if isinstance(registry.driver, LocalPaths):
-        return Response(200, headers, path=registry.driver.blob_path(str(digest)), length=size)
-    return Response(200, headers, stream=registry.driver.read_blob(str(digest)), length=size)
+        return Response(
+            200, headers, path=registry.driver.blob_path(str(digest)), length=size
+        )
+    return Response(
+        200, headers, stream=registry.driver.read_blob(str(digest)), length=size
+    )
 
 
 def parse_range(value: str, size: int) -> tuple[int, int] | None:

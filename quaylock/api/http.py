@@ -42,7 +42,8 @@ class Request:
             # Later duplicates win, except that we never join them: no header
             # we read may legitimately repeat.
             self._headers = {
-                k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]
+                k.decode("latin-1"): v.decode("latin-1")
+                for k, v in self.scope["headers"]
             }
         return self._headers
 

@@ -12,7 +12,9 @@ async def get_manifest(registry: Registry, request: Request) -> Response:
     reference = request.params["reference"]
     if not (oci.is_tag(reference) or oci.is_digest(reference)):
         # The conformance suite expects a miss, not a 400, for a bad name.
-        raise ManifestUnknown(f"manifest {reference[:80]!r} is not a valid tag or digest")
+        raise ManifestUnknown(
+            f"manifest {reference[:80]!r} is not a valid tag or digest"
+        )
     if oci.is_digest(reference):
         reference = str(oci.Digest.parse(reference))
     manifest = await registry.get_manifest(request.params["name"], reference)

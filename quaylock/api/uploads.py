@@ -55,12 +55,16 @@ async def start_blob_upload(registry: Registry, request: Request) -> Response:
 
 
 async def _session(registry: Registry, request: Request) -> UploadRecord:
-    return await registry.uploads.get(request.params["name"], request.params["upload_id"])
+    return await registry.uploads.get(
+        request.params["name"], request.params["upload_id"]
+    )
 
 
 async def get_blob_upload(registry: Registry, request: Request) -> Response:
     record = await _session(registry, request)
-    return Response(204, _session_headers(record.repository, record.upload_id, record.size))
+    return Response(
+        204, _session_headers(record.repository, record.upload_id, record.size)
+    )
 
 
 async def patch_blob_upload(registry: Registry, request: Request) -> Response:
@@ -74,7 +78,9 @@ async def patch_blob_upload(registry: Registry, request: Request) -> Response:
         )
     except RangeInvalid as exc:
         current = await registry.uploads.get(record.repository, record.upload_id)
-        for key, value in _session_headers(record.repository, record.upload_id, current.size):
+        for key, value in _session_headers(
+            record.repository, record.upload_id, current.size
+        ):
             exc.headers[key.decode()] = value.decode()
         raise
     return Response(202, _session_headers(record.repository, record.upload_id, size))
@@ -83,7 +89,9 @@ async def patch_blob_upload(registry: Registry, request: Request) -> Response:
 async def put_blob_upload(registry: Registry, request: Request) -> Response:
     record = await _session(registry, request)
     if "digest" not in request.query:
-        raise DigestInvalid("the digest query parameter is required to finish an upload")
+        raise DigestInvalid(
+            "the digest query parameter is required to finish an upload"
+        )
     digest = Digest.parse(request.query["digest"])
     content_range = None
     if "content-range" in request.headers:

@@ -14,12 +14,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="quaylock", description="An OCI container registry that defends itself."
     )
-    parser.add_argument("--version", action="version", version=f"quaylock {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"quaylock {__version__}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve the registry")
     serve.add_argument("--config", help="YAML configuration file")
-    serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:5000)")
+    serve.add_argument(
+        "--listen", help="HOST:PORT to listen on (default 127.0.0.1:5000)"
+    )
     serve.add_argument("--data", help="data folder (default ./data)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
 

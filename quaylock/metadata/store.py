@@ -159,7 +159,9 @@ class SQLiteStore:
         row = self._one("SELECT 1 FROM repositories WHERE name = ?", (repository,))
         return row is not None
 
-    async def get_manifest(self, repository: str, reference: str) -> ManifestRecord | None:
+    async def get_manifest(
+        self, repository: str, reference: str
+    ) -> ManifestRecord | None:
         """Return the manifest for a tag or digest, or None."""
         if ":" in reference:
             row = self._one(
@@ -194,7 +196,9 @@ class SQLiteStore:
         row = self._one("SELECT size FROM blobs WHERE digest = ?", (digest,))
         return None if row is None else row[0]
 
-    async def list_tags(self, repository: str, limit: int, last: str | None) -> list[str]:
+    async def list_tags(
+        self, repository: str, limit: int, last: str | None
+    ) -> list[str]:
         rows = self._reader.execute(
             "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id "
             "WHERE r.name = ? AND t.name > ? ORDER BY t.name LIMIT ?",
@@ -210,7 +214,7 @@ class SQLiteStore:
         return [row[0] for row in rows]
 
     async def list_referrers(
-        self, repository: str, subject: str, artifact_type: str | None
+        self, repository: str, subject: str, artifact_type: str | None, limit: int
     ) -> list[tuple[str, str, int, str | None, dict | None]]:
         """Return (digest, media type, size, artifact type, annotations) rows."""
         sql = (
@@ -222,7 +226,7 @@ class SQLiteStore:
         if artifact_type is not None:
             sql += " AND m.artifact_type = ?"
             args += (artifact_type,)
-        rows = self._reader.execute(sql + " ORDER BY m.digest", args)
+        rows = self._reader.execute(sql + " ORDER BY m.digest LIMIT ?", (*args, limit))
         return [
             (d, mt, size, at, json.loads(ann) if ann else None)
             for d, mt, size, at, ann in rows
@@ -235,14 +239,6 @@ class SQLiteStore:
             (upload_id,),
         )
         return None if row is None else UploadRecord(*row)
-
-    async def uploads_idle_since(self, before: float) -> list[UploadRecord]:
-        rows = self._reader.execute(
-            "SELECT upload_id, repository, size, created_at, updated_at "
-            "FROM uploads WHERE updated_at < ?",
-            (before,),
-        )
-        return [UploadRecord(*row) for row in rows]
 
     # Writes
 
@@ -335,7 +331,9 @@ class SQLiteStore:
                     f"not in repository {repository}: {', '.join(missing[:5])}",
                     detail={"digests": missing[:100]},
                 )
-            annotations = json.dumps(manifest.annotations) if manifest.annotations else None
+            annotations = (
+                json.dumps(manifest.annotations) if manifest.annotations else None
+            )
             c.execute(
                 "INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING",
@@ -353,7 +351,10 @@ class SQLiteStore:
             )
             c.executemany(
                 "INSERT INTO manifest_references VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [(repository_id, manifest.digest, r.digest, r.kind) for r in references],
+                [
+                    (repository_id, manifest.digest, r.digest, r.kind)
+                    for r in references
+                ],
             )
             if tag is not None:
                 c.execute(

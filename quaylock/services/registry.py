@@ -176,16 +176,17 @@ class Registry:
         Unknown repositories and subjects give an empty index, never a 404
         (distribution-spec "Listing Referrers").
         """
-        rows = await self.store.list_referrers(repository, str(digest), artifact_type)
-        limit = self.config.limits.page_max_entries
         # TODO(#7): page referrers past the cap with a Link header.
+        rows = await self.store.list_referrers(
+            repository, str(digest), artifact_type, self.config.limits.page_max_entries
+        )
         manifests = []
-        for ref_digest, media_type, size, ref_type, annotations in rows[:limit]:
+        for ref_digest, media_type, size, ref_type, ref_annotations in rows:
             entry = {"mediaType": media_type, "digest": ref_digest, "size": size}
             if ref_type:
                 entry["artifactType"] = ref_type
-            if annotations:
-                entry["annotations"] = annotations
+            if ref_annotations:
+                entry["annotations"] = ref_annotations
             manifests.append(entry)
         index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": manifests}
         return json.dumps(index, separators=(",", ":")).encode()

@@ -98,7 +98,9 @@ class UploadService:
         """
         record = await self.store.get_upload(upload_id)
         if record is None or record.repository != repository:
-            raise BlobUploadUnknown(f"upload {upload_id[:64]} is not open in {repository}")
+            raise BlobUploadUnknown(
+                f"upload {upload_id[:64]} is not open in {repository}"
+            )
         return record
 
     async def append(
