@@ -30,6 +30,8 @@ import httpx
 import oras.oci
 import oras.provider
 import pytest
+import requests
+
 from tests.conftest import Server, require_tool
 from tests.helpers import EMPTY_JSON, OCI_INDEX, OCI_MANIFEST, sha256, unique_repo
 
@@ -184,8 +186,12 @@ def build_image(directory: Path, tag: str = "v1") -> Layout:
 # Helpers: looking at the registry over HTTP
 
 
-def get_manifest(client: httpx.Client, repository: str, reference: str,
-                 accept: str = f"{OCI_MANIFEST}, {DOCKER_MANIFEST}") -> httpx.Response:  # fmt: skip
+def get_manifest(
+    client: httpx.Client,
+    repository: str,
+    reference: str,
+    accept: str = f"{OCI_MANIFEST}, {DOCKER_MANIFEST}",
+) -> httpx.Response:
     return client.get(
         f"/v2/{repository}/manifests/{reference}", headers={"Accept": accept}
     )
@@ -201,8 +207,12 @@ def assert_manifest_unknown(client: httpx.Client, repository: str, digest: str):
     assert codes == ["MANIFEST_UNKNOWN"], response.text
 
 
-def referrers(client: httpx.Client, repository: str, digest: str,
-              artifact_type: str | None = None) -> httpx.Response:  # fmt: skip
+def referrers(
+    client: httpx.Client,
+    repository: str,
+    digest: str,
+    artifact_type: str | None = None,
+) -> httpx.Response:
     params = {"artifactType": artifact_type} if artifact_type else None
     response = client.get(f"/v2/{repository}/referrers/{digest}", params=params)
     assert response.status_code == 200, response.text
@@ -246,7 +256,7 @@ def oras_registry(server, tmp_path, monkeypatch) -> oras.provider.Registry:
 
 @pytest.mark.interop
 def test_skopeo_push_keeps_manifest_bytes_and_layers(server, client, image, skopeo):
-    repository = "interop/push"
+    repository = unique_repo("interop-push")
     skopeo.copy(image.reference, docker_ref(server, repository, "v1"))
 
     # What skopeo sees: the same digest, layers in order, and the tag.
@@ -271,13 +281,13 @@ def test_skopeo_push_keeps_manifest_bytes_and_layers(server, client, image, skop
             continue
         blob = client.get(f"/v2/{repository}/blobs/{digest}")
         assert blob.status_code == 200, f"{digest}: {blob.text}"
-        assert sha256_hex(blob.content) == digest.removeprefix("sha256:")
+        assert sha256(blob.content) == digest
         assert blob.content == content
 
 
 @pytest.mark.interop
 def test_skopeo_pull_to_dir_is_byte_identical(server, image, skopeo, tmp_path):
-    repository = "interop/pull-dir"
+    repository = unique_repo("interop-pull-dir")
     skopeo.copy(image.reference, docker_ref(server, repository, "v1"))
     pulled = tmp_path / "pulled-dir"
 
@@ -294,13 +304,13 @@ def test_skopeo_pull_to_dir_is_byte_identical(server, image, skopeo, tmp_path):
     }
     assert sorted(files) == sorted(expected)
     for name, content in files.items():
-        assert sha256_hex(content) == name, f"pulled blob {name} has other bytes"
+        assert sha256(content) == f"sha256:{name}", f"blob {name} has other bytes"
         assert content == expected[name]
 
 
 @pytest.mark.interop
 def test_skopeo_pull_to_oci_layout_is_byte_identical(server, image, skopeo, tmp_path):
-    repository = "interop/pull-oci"
+    repository = unique_repo("interop-pull-oci")
     skopeo.copy(image.reference, docker_ref(server, repository, "v1"))
     pulled = Layout(tmp_path / "pulled-oci", "copied")
 
@@ -315,7 +325,7 @@ def test_skopeo_pull_to_oci_layout_is_byte_identical(server, image, skopeo, tmp_
     }
     assert sorted(files) == sorted(expected)
     for name, content in files.items():
-        assert sha256_hex(content) == name, f"pulled blob {name} has other bytes"
+        assert sha256(content) == f"sha256:{name}", f"blob {name} has other bytes"
         assert content == expected[name]
 
 
@@ -323,7 +333,7 @@ def test_skopeo_pull_to_oci_layout_is_byte_identical(server, image, skopeo, tmp_
 def test_skopeo_push_as_docker_schema2_is_served_with_docker_media_type(
     server, client, image, skopeo, tmp_path
 ):
-    repository = "interop/docker-v2s2"
+    repository = unique_repo("interop-docker-v2s2")
     reference = docker_ref(server, repository, "v1")
 
     skopeo.copy(image.reference, reference, "--format", "v2s2")
@@ -332,7 +342,7 @@ def test_skopeo_push_as_docker_schema2_is_served_with_docker_media_type(
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == DOCKER_MANIFEST
     digest = response.headers["docker-content-digest"]
-    assert digest == f"sha256:{sha256_hex(response.content)}"
+    assert digest == sha256(response.content)
     manifest = response.json()
     assert manifest["mediaType"] == DOCKER_MANIFEST
     # Conversion changes the media types, not the compressed layers.
@@ -340,7 +350,7 @@ def test_skopeo_push_as_docker_schema2_is_served_with_docker_media_type(
     assert {layer["mediaType"] for layer in manifest["layers"]} == {DOCKER_LAYER_GZIP}
     config = client.get(f"/v2/{repository}/blobs/{manifest['config']['digest']}")
     assert config.status_code == 200, config.text
-    assert f"sha256:{sha256_hex(config.content)}" == manifest["config"]["digest"]
+    assert sha256(config.content) == manifest["config"]["digest"]
 
     # skopeo reads back the very bytes the registry serves, by digest too.
     assert skopeo.inspect_raw(reference) == response.content
@@ -356,7 +366,7 @@ def test_skopeo_push_as_docker_schema2_is_served_with_docker_media_type(
 def test_skopeo_copy_between_repositories_makes_blobs_present_in_target(
     server, client, image, skopeo
 ):
-    source, target = "interop/copy-a", "interop/copy-b"
+    source, target = unique_repo("interop-copy"), unique_repo("interop-copy")
     skopeo.copy(image.reference, docker_ref(server, source, "v1"))
 
     skopeo.copy(docker_ref(server, source, "v1"), docker_ref(server, target, "v1"))
@@ -368,7 +378,7 @@ def test_skopeo_copy_between_repositories_makes_blobs_present_in_target(
         if digest == image.manifest_digest:
             continue
         head = client.head(f"/v2/{target}/blobs/{digest}")
-        assert head.status_code == 200, f"HEAD {target} blob {digest}: {head.status_code}"
+        assert head.status_code == 200, f"HEAD {target} {digest}: {head.status_code}"
         assert head.headers["docker-content-digest"] == digest
         assert int(head.headers["content-length"]) == len(content)
 
@@ -388,14 +398,15 @@ def test_skopeo_list_tags_follows_pages(make_server, image, tmp_path):
     # the Link header (end-8b) to see them all.
     server = make_server({"limits": {"page_default_entries": 2}})
     skopeo = Skopeo(tmp_path / "skopeo")
-    repository = "interop/tags"
+    repository = unique_repo("interop-tags")
     tags = ["1.0", "1.1", "2.0", "latest", "stable"]
     for tag in tags:
         skopeo.copy(image.reference, docker_ref(server, repository, tag))
 
-    listed = json.loads(
-        skopeo("list-tags", "--tls-verify=false", f"docker://{server.host}/{repository}")
+    output = skopeo(
+        "list-tags", "--tls-verify=false", f"docker://{server.host}/{repository}"
     )
+    listed = json.loads(output)
 
     assert listed["Repository"] == f"{server.host}/{repository}"
     assert sorted(listed["Tags"]) == tags
@@ -407,7 +418,7 @@ def test_skopeo_list_tags_follows_pages(make_server, image, tmp_path):
 
 @pytest.mark.interop
 def test_skopeo_delete_removes_manifest(server, client, image, skopeo):
-    repository = "interop/delete"
+    repository = unique_repo("interop-delete")
     skopeo.copy(image.reference, docker_ref(server, repository, "v1"))
     assert get_manifest(client, repository, image.manifest_digest).status_code == 200
 
@@ -422,8 +433,13 @@ def test_skopeo_delete_removes_manifest(server, client, image, skopeo):
 # oras: artifacts with a subject, referrers, pull
 
 
-def push_sbom(oras_registry, server: Server, repository: str, image: Layout,
-              tmp_path: Path) -> tuple[httpx.Response, Path]:  # fmt: skip
+def push_sbom(
+    oras_registry: oras.provider.Registry,
+    server: Server,
+    repository: str,
+    image: Layout,
+    tmp_path: Path,
+) -> tuple[requests.Response, Path]:
     """Push a small SBOM of the image's layers as an artifact about it.
 
     oras's high-level push takes a `subject` but no `artifactType`, so the
@@ -431,13 +447,15 @@ def push_sbom(oras_registry, server: Server, repository: str, image: Layout,
     referrers list then shows it.
     """
     sbom = tmp_path / "sbom.json"
-    sbom.write_text(json.dumps({"image": image.manifest_digest,
-                                "layers": image.layer_digests}, indent=2))  # fmt: skip
+    content = {"image": image.manifest_digest, "layers": image.layer_digests}
+    sbom.write_text(json.dumps(content, indent=2))
     response = oras_registry.push(
         f"{server.host}/{repository}:sbom",
         files=[f"{sbom}:application/spdx+json"],
         disable_path_validation=True,
-        manifest_config=f"{tmp_path / 'no-config'}:{SBOM_TYPE}",
+        # No file by that name: oras then sends the empty config `{}`
+        # under this media type.
+        manifest_config=f"{tmp_path / 'absent'}:{SBOM_TYPE}",
         manifest_annotations={"org.example.kind": "sbom"},
         subject=image.subject(),
         quiet=True,
@@ -446,8 +464,13 @@ def push_sbom(oras_registry, server: Server, repository: str, image: Layout,
     return response, sbom
 
 
-def push_signature(oras_registry, server: Server, repository: str, image: Layout,
-                   tmp_path: Path) -> httpx.Response:  # fmt: skip
+def push_signature(
+    oras_registry: oras.provider.Registry,
+    server: Server,
+    repository: str,
+    image: Layout,
+    tmp_path: Path,
+) -> requests.Response:
     """Push a signature-like artifact with its own `artifactType` and the
     empty config, through oras's lower-level blob and manifest calls."""
     container = oras_registry.get_container(f"{server.host}/{repository}:signature")
@@ -475,11 +498,11 @@ def push_signature(oras_registry, server: Server, repository: str, image: Layout
     return response
 
 
-def pushed_digest(response) -> str:
+def pushed_digest(response: requests.Response) -> str:
     """The digest of the manifest a client sent, checked against the one the
     registry answered with."""
     digest = response.headers["docker-content-digest"]
-    assert digest == f"sha256:{sha256_hex(response.request.body)}"
+    assert digest == sha256(response.request.body)
     return digest
 
 
@@ -487,7 +510,7 @@ def pushed_digest(response) -> str:
 def test_oras_artifact_with_subject_is_listed_in_referrers(
     server, client, image, skopeo, oras_registry, tmp_path
 ):
-    repository = "interop/referrers"
+    repository = unique_repo("interop-referrers")
     skopeo.copy(image.reference, docker_ref(server, repository, "v1"))
 
     response, _ = push_sbom(oras_registry, server, repository, image, tmp_path)
@@ -513,21 +536,19 @@ def test_oras_artifact_with_subject_is_listed_in_referrers(
 def test_referrers_filter_by_artifact_type(
     server, client, image, skopeo, oras_registry, tmp_path
 ):
-    repository = "interop/referrers-filter"
+    repository = unique_repo("interop-referrers-filter")
     skopeo.copy(image.reference, docker_ref(server, repository, "v1"))
-    sbom = pushed_digest(push_sbom(oras_registry, server, repository, image, tmp_path)[0])
-    signature = pushed_digest(
-        push_signature(oras_registry, server, repository, image, tmp_path)
-    )
+    sbom_push, _ = push_sbom(oras_registry, server, repository, image, tmp_path)
+    signature_push = push_signature(oras_registry, server, repository, image, tmp_path)
+    sbom, signature = pushed_digest(sbom_push), pushed_digest(signature_push)
+    subject = image.manifest_digest
 
-    everything = referrers(client, repository, image.manifest_digest)
-    only_signatures = referrers(client, repository, image.manifest_digest, SIGNATURE_TYPE)
-    nothing = referrers(client, repository, image.manifest_digest, "application/x-none")
+    everything = referrers(client, repository, subject)
+    only_signatures = referrers(client, repository, subject, SIGNATURE_TYPE)
+    nothing = referrers(client, repository, subject, "application/x-none")
 
-    assert {(m["digest"], m["artifactType"]) for m in everything.json()["manifests"]} == {
-        (sbom, SBOM_TYPE),
-        (signature, SIGNATURE_TYPE),
-    }
+    listed = {(m["digest"], m["artifactType"]) for m in everything.json()["manifests"]}
+    assert listed == {(sbom, SBOM_TYPE), (signature, SIGNATURE_TYPE)}
     assert "oci-filters-applied" not in everything.headers
     assert [m["digest"] for m in only_signatures.json()["manifests"]] == [signature]
     assert only_signatures.headers["oci-filters-applied"] == "artifactType"
@@ -536,15 +557,14 @@ def test_referrers_filter_by_artifact_type(
 
 
 @pytest.mark.interop
-def test_deleted_artifact_leaves_referrers(
+def test_deleting_an_artifact_removes_it_from_referrers(
     server, client, image, skopeo, oras_registry, tmp_path
 ):
-    repository = "interop/referrers-delete"
+    repository = unique_repo("interop-referrers-delete")
     skopeo.copy(image.reference, docker_ref(server, repository, "v1"))
-    sbom = pushed_digest(push_sbom(oras_registry, server, repository, image, tmp_path)[0])
-    signature = pushed_digest(
-        push_signature(oras_registry, server, repository, image, tmp_path)
-    )
+    sbom_push, _ = push_sbom(oras_registry, server, repository, image, tmp_path)
+    signature_push = push_signature(oras_registry, server, repository, image, tmp_path)
+    sbom, signature = pushed_digest(sbom_push), pushed_digest(signature_push)
 
     # oras resolves the tag with HEAD, then deletes the manifest by digest.
     assert oras_registry.delete_tag(f"{server.host}/{repository}", "sbom")
@@ -557,7 +577,7 @@ def test_deleted_artifact_leaves_referrers(
 
 @pytest.mark.interop
 def test_oras_pull_returns_pushed_bytes(server, image, skopeo, oras_registry, tmp_path):
-    repository = "interop/oras-pull"
+    repository = unique_repo("interop-oras-pull")
     skopeo.copy(image.reference, docker_ref(server, repository, "v1"))
     response, sbom = push_sbom(oras_registry, server, repository, image, tmp_path)
     digest = pushed_digest(response)
@@ -577,8 +597,9 @@ def test_oras_chunked_push_of_a_large_file_pulls_back_identical(
     server, oras_registry, tmp_path
 ):
     # A real multi-MiB binary in 1 MiB PATCH chunks (end-5), then PUT (end-6).
-    repository = "interop/oras-chunked"
+    repository = unique_repo("interop-oras-chunked")
     source = Path(require_tool("umoci"))
+    assert source.stat().st_size > 3 << 20
     response = oras_registry.push(
         f"{server.host}/{repository}:v1",
         files=[str(source)],
@@ -588,11 +609,10 @@ def test_oras_chunked_push_of_a_large_file_pulls_back_identical(
         quiet=True,
     )
     assert response.status_code == 201, response.text
-    assert source.stat().st_size > 3 << 20
 
     pulled = oras_registry.pull(
         f"{server.host}/{repository}:v1", outdir=str(tmp_path / "pulled")
     )
 
     assert [Path(p).name for p in pulled] == [source.name]
-    assert sha256_hex(Path(pulled[0]).read_bytes()) == sha256_hex(source.read_bytes())
+    assert sha256(Path(pulled[0]).read_bytes()) == sha256(source.read_bytes())
