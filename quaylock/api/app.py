@@ -34,6 +34,9 @@ from quaylock.storage.drivers.filesystem import FilesystemDriver
 
 API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
 JSON_ERROR = (b"content-type", b"application/json")
+# How much of an unread body we swallow so the client can read our error.
+DRAIN_MAX_BYTES = 8 * 1024 * 1024
+DRAIN_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +151,8 @@ class App:
 
     async def handle(self, scope, receive, send) -> None:
         started = time.perf_counter()
-        route, request, status = None, None, 500
+        route, status = None, 500
+        request = Request(scope, receive, {})
         bytes_out = 0
         sent_start = False
 
@@ -162,6 +166,7 @@ class App:
             if found is None:
                 raise NotFound(f"no route for {scope['path'][:100]!r}")
             route, params = found
+            request.params = params
             handler = route.handlers.get(scope["method"])
             if handler is None:
                 raise MethodNotAllowed(
@@ -173,11 +178,11 @@ class App:
                 raise BlobUploadUnknown(
                     f"upload {params['upload_id'][:64]!r} is not open"
                 )
-            request = Request(scope, receive, params)
             response = await handler(self.registry, request)
             status = response.status
             bytes_out = await self._send(scope, tracked_send, response)
         except RegistryError as exc:
+            await request.drain(DRAIN_MAX_BYTES, DRAIN_TIMEOUT_SECONDS)
             status, body = error_body(exc)
             headers = [
                 JSON_ERROR,
@@ -240,7 +245,7 @@ class App:
 
     def _log(self, scope, route, request, status, started, bytes_out) -> None:
         level = logging.ERROR if status >= 500 else logging.INFO
-        params = request.params if request is not None else {}
+        params = request.params
         log.event(
             log.access,
             level,
@@ -252,7 +257,7 @@ class App:
             reference=params.get("reference") or params.get("digest"),
             status=status,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            bytes_in=request.bytes_in if request is not None else 0,
+            bytes_in=request.bytes_in,
             bytes_out=bytes_out,
             client=(scope.get("client") or ("", 0))[0],
         )

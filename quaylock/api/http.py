@@ -8,6 +8,7 @@ path runs tens of thousands of times a second and every layer costs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
@@ -22,7 +23,15 @@ class ClientDisconnected(Exception):
 class Request:
     """A read-only view of one ASGI HTTP request."""
 
-    __slots__ = ("scope", "receive", "params", "_headers", "_query", "bytes_in")
+    __slots__ = (
+        "scope",
+        "receive",
+        "params",
+        "_headers",
+        "_query",
+        "bytes_in",
+        "body_done",
+    )
 
     def __init__(self, scope: dict, receive, params: dict[str, str]):
         self.scope = scope
@@ -31,6 +40,7 @@ class Request:
         self._headers: dict[str, str] | None = None
         self._query: dict[str, str] | None = None
         self.bytes_in = 0
+        self.body_done = False
 
     @property
     def method(self) -> str:
@@ -96,6 +106,7 @@ class Request:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
+                self.body_done = True
                 raise ClientDisconnected()
             chunk = message.get("body", b"")
             if chunk:
@@ -108,11 +119,38 @@ class Request:
                     )
                 yield chunk
             if not message.get("more_body", False):
+                self.body_done = True
                 break
         if declared is not None and received != declared:
             raise BlobUploadInvalid(
                 f"body was {received} bytes, but Content-Length said {declared}"
             )
+
+    async def drain(self, limit: int, timeout: float) -> None:
+        """Read and drop what is left of the body, up to `limit` bytes.
+
+        An error answered before the body was read (413, 416) is otherwise
+        lost on clients that read nothing until they have sent everything;
+        past the limit or the timeout the server closes the connection.
+        """
+        if self.body_done or self.method in ("GET", "HEAD"):
+            return
+
+        async def drop() -> None:
+            left = limit
+            while left > 0:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    return
+                left -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            await asyncio.wait_for(drop(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self.body_done = True
 
     async def body(self, limit: int) -> bytes:
         """Read the whole body, at most `limit` bytes (see `body_chunks`)."""

@@ -288,23 +288,26 @@ class _SessionLock(asyncio.Lock):
 
 class _BatchWriter:
     """Gathers body chunks into batches; hashes and writes one batch while
-    the next arrives."""
+    the next arrives. Chunks are passed on as a list, never joined: the
+    driver writes them with one vectored call."""
 
     def __init__(self, driver: BlobDriver, upload_id: str, offset: int, hasher):
         self.driver = driver
         self.upload_id = upload_id
         self.offset = offset
         self.hasher = hasher
-        self.buffer = bytearray()
+        self.chunks: list[bytes] = []
+        self.buffered = 0
         self.pending: asyncio.Future | None = None
 
     async def write(self, chunk: bytes) -> None:
-        self.buffer += chunk
-        if len(self.buffer) >= BATCH_BYTES:
+        self.chunks.append(chunk)
+        self.buffered += len(chunk)
+        if self.buffered >= BATCH_BYTES:
             await self._flush()
 
     async def close(self) -> int:
-        if self.buffer:
+        if self.chunks:
             await self._flush()
         if self.pending is not None:
             await self.pending
@@ -322,16 +325,21 @@ class _BatchWriter:
     async def _flush(self) -> None:
         if self.pending is not None:
             await self.pending
-        data = bytes(self.buffer)
-        self.buffer.clear()
-        self.pending = asyncio.ensure_future(self._store(data, self.offset))
-        self.offset += len(data)
+        chunks, self.chunks = self.chunks, []
+        self.pending = asyncio.ensure_future(self._store(chunks, self.offset))
+        self.offset += self.buffered
+        self.buffered = 0
 
-    async def _store(self, data: bytes, offset: int) -> None:
+    async def _store(self, chunks: list[bytes], offset: int) -> None:
         if self.hasher is None:
-            await self.driver.append_upload(self.upload_id, offset, data)
+            await self.driver.append_upload(self.upload_id, offset, chunks)
             return
         await asyncio.gather(
-            asyncio.to_thread(self.hasher.update, data),
-            self.driver.append_upload(self.upload_id, offset, data),
+            asyncio.to_thread(_update, self.hasher, chunks),
+            self.driver.append_upload(self.upload_id, offset, chunks),
         )
+
+
+def _update(hasher, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        hasher.update(chunk)

@@ -57,8 +57,10 @@ class BlobDriver(Protocol):
     async def start_upload(self, upload_id: str) -> None:
         """Create an empty upload session."""
 
-    async def append_upload(self, upload_id: str, offset: int, data: bytes) -> None:
-        """Write `data` at `offset` of the session; offset is its current size.
+    async def append_upload(
+        self, upload_id: str, offset: int, chunks: list[bytes]
+    ) -> None:
+        """Write `chunks`, in order, at `offset` of the session.
 
         Raises:
             PathNotFound: no such session.
