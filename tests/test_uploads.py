@@ -4,6 +4,8 @@ cancel, digest checks and mounts."""
 from __future__ import annotations
 
 import hashlib
+import http.client
+import time
 
 from tests.helpers import error_code, push_blob, sha256, unique_repo
 
@@ -244,3 +246,32 @@ def test_blob_deleted_from_one_repository_stays_in_another(client):
     assert client.delete(f"/v2/{first}/blobs/{digest}").status_code == 202
     assert client.head(f"/v2/{first}/blobs/{digest}").status_code == 404
     assert client.get(f"/v2/{second}/blobs/{digest}").content == DATA
+
+
+def test_second_writer_to_a_session_is_refused_across_workers(make_server):
+    server = make_server({"server": {"workers": 2}})
+    repo = unique_repo("up")
+    with server.client() as client:
+        location = start(client, repo)
+    # The first writer sends half a chunk and waits, holding the session.
+    first = http.client.HTTPConnection(server.host, timeout=30)
+    first.putrequest("PATCH", location)
+    first.putheader("Content-Range", f"0-{len(DATA) - 1}")
+    first.putheader("Content-Length", str(len(DATA)))
+    first.endheaders()
+    first.send(DATA[:5000])
+    time.sleep(0.3)
+    # Fresh connections spread over both workers; each must be refused.
+    for _ in range(4):
+        with server.client() as other:
+            response = patch(other, location, b"intruder", 0)
+            assert response.status_code == 400, response.text
+            assert error_code(response) == "BLOB_UPLOAD_INVALID"
+            assert "busy" in response.json()["errors"][0]["message"]
+    first.send(DATA[5000:])
+    assert first.getresponse().status == 202
+    first.close()
+    with server.client() as client:
+        done = client.put(location, params={"digest": sha256(DATA)})
+        assert done.status_code == 201, done.text
+        assert client.get(f"/v2/{repo}/blobs/{sha256(DATA)}").content == DATA

@@ -19,6 +19,7 @@ costs one read of the blob.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
 from collections import OrderedDict
@@ -34,7 +35,7 @@ from quaylock.errors import (
 )
 from quaylock.metadata.store import SQLiteStore, UploadRecord
 from quaylock.oci import Digest
-from quaylock.storage.driver import BlobDriver, PathNotFound
+from quaylock.storage.driver import BlobDriver, PathNotFound, UploadBusy
 
 BATCH_BYTES = 1024 * 1024
 _RUNNING_HASHES_MAX = 4096
@@ -116,7 +117,7 @@ class UploadService:
             RangeInvalid: the chunk does not start where the session ends,
                 or its length disagrees with its range. Nothing is written.
         """
-        async with self._lock(record.upload_id):
+        async with self._hold(record.upload_id):
             record = await self.get(record.repository, record.upload_id)
             self._check_range(record, content_range, content_length)
             size = await self._stage(record, body)
@@ -146,7 +147,7 @@ class UploadService:
             DigestInvalid: the bytes do not match `digest`; the last chunk is
                 discarded and the session stays open.
         """
-        async with self._lock(record.upload_id):
+        async with self._hold(record.upload_id):
             record = await self.get(record.repository, record.upload_id)
             size = record.size
             if body is not None:
@@ -170,7 +171,7 @@ class UploadService:
             return size
 
     async def cancel(self, record: UploadRecord) -> None:
-        async with self._lock(record.upload_id):
+        async with self._hold(record.upload_id):
             await self.store.delete_upload(record.upload_id)
             await self.driver.abort_upload(record.upload_id)
             self._forget(record.upload_id)
@@ -253,16 +254,23 @@ class UploadService:
             await asyncio.to_thread(hasher.update, chunk)
         return hasher.hexdigest()
 
-    def _lock(self, upload_id: str) -> asyncio.Lock:
+    @contextlib.asynccontextmanager
+    async def _hold(self, upload_id: str):
+        """One request at a time per session, in this process (a lock) and
+        across processes (the driver's lock); a client never needs two."""
         lock = self._locks.get(upload_id)
         if lock is None:
             lock = self._locks[upload_id] = _SessionLock(self._locks, upload_id)
         if lock.locked():
-            # One request at a time per session; a client never needs two.
-            raise BlobUploadInvalid(
-                f"upload {upload_id} is busy with another request; retry after it ends"
-            )
-        return lock
+            raise _busy(upload_id)
+        async with lock:
+            try:
+                async with self.driver.lock_upload(upload_id):
+                    yield
+            except UploadBusy:
+                raise _busy(upload_id) from None
+            except PathNotFound:
+                raise BlobUploadUnknown(f"upload {upload_id} is not open") from None
 
     def _forget(self, upload_id: str) -> None:
         self._hashes.pop(upload_id, None)
@@ -270,6 +278,12 @@ class UploadService:
     def _trim_hashes(self) -> None:
         while len(self._hashes) > _RUNNING_HASHES_MAX:
             self._hashes.popitem(last=False)
+
+
+def _busy(upload_id: str) -> BlobUploadInvalid:
+    return BlobUploadInvalid(
+        f"upload {upload_id} is busy with another request; retry after it ends"
+    )
 
 
 class _SessionLock(asyncio.Lock):

@@ -21,11 +21,15 @@ Contract for every driver, checked by one test suite run against each:
 - Committing a blob that already exists is not an error: blobs are
   content-addressed, so the existing bytes are the same bytes.
 - `truncate_upload` to the last committed size undoes a failed chunk.
+- `lock_upload` excludes every other holder of the same session, in this
+  process or another sharing the store, so two requests never write one
+  session at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 
@@ -35,6 +39,10 @@ class DriverError(Exception):
 
 class PathNotFound(DriverError):
     """The blob or upload session does not exist."""
+
+
+class UploadBusy(DriverError):
+    """Another request, maybe in another process, holds the session."""
 
 
 @runtime_checkable
@@ -63,6 +71,14 @@ class BlobDriver(Protocol):
         """Write `chunks`, in order, at `offset` of the session.
 
         Raises:
+            PathNotFound: no such session.
+        """
+
+    def lock_upload(self, upload_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold the session for one request, across processes.
+
+        Raises:
+            UploadBusy: another request holds it.
             PathNotFound: no such session.
         """
 

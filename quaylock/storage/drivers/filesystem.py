@@ -9,13 +9,15 @@ threads, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import fcntl
 import os
 import shutil
 from collections.abc import AsyncIterator
 
 from quaylock.storage import paths
-from quaylock.storage.driver import PathNotFound
+from quaylock.storage.driver import PathNotFound, UploadBusy
 
 READ_CHUNK = 1024 * 1024
 # Buffers one vectored write may take (POSIX guarantees at least 16; Linux 1024).
@@ -92,6 +94,23 @@ class FilesystemDriver:
                 if written:
                     views[0] = views[0][written:]
             _start_writeback(fd, start, offset - start)
+        finally:
+            os.close(fd)
+
+    @contextlib.asynccontextmanager
+    async def lock_upload(self, upload_id: str):
+        # flock on the staged file: held by this open file description only,
+        # so it excludes other workers and other replicas on this machine.
+        try:
+            fd = os.open(paths.upload_data_path(self.root, upload_id), os.O_RDONLY)
+        except FileNotFoundError:
+            raise PathNotFound(upload_id) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UploadBusy(upload_id) from None
+            yield
         finally:
             os.close(fd)
 
