@@ -22,6 +22,7 @@ and an OCI error code in one table. Drivers raise their own errors
     ├── PaginationInvalid        `n` or `last` cannot be used
     ├── Unauthorized             authentication is required
     ├── Denied                   the subject may not do this
+    │   └── InUse                delete of content a manifest still refers to
     ├── TooManyRequests          a rate limit refused the request
     ├── Unsupported              an operation or algorithm we do not offer
     ├── MethodNotAllowed         the route exists, the method does not
@@ -112,6 +113,10 @@ class Unauthorized(RegistryError):
 
 
 class Denied(RegistryError):
+    pass
+
+
+class InUse(Denied):
     pass
 
 

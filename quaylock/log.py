@@ -43,10 +43,19 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def _plain(value: object) -> str:
+    """A field value on one line: control characters escaped, so that a
+    path a client chose cannot start a forged log line."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return repr(text)[1:-1]
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None) or {}
-        extra = " ".join(f"{k}={v}" for k, v in redact(fields).items())
+        extra = " ".join(f"{k}={_plain(v)}" for k, v in redact(fields).items())
         line = (
             f"{record.levelname.lower():5} {record.name}: {record.getMessage()} {extra}"
         )

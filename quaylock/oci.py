@@ -62,6 +62,15 @@ def check_name(name: str) -> str:
     return name
 
 
+# Whole numbers in headers and queries: ASCII digits only (str.isdigit also
+# takes '²'), and few enough of them to fit 64 bits.
+_NUMBER_RE = re.compile(r"[0-9]{1,18}")
+
+
+def is_number(text: str) -> bool:
+    return _NUMBER_RE.fullmatch(text) is not None
+
+
 def is_tag(reference: str) -> bool:
     return TAG_RE.fullmatch(reference) is not None
 

@@ -18,12 +18,15 @@ from tests.helpers import (
     OCI_MANIFEST,
     error_code,
     image_manifest,
+    push_blob,
+    push_manifest,
     push_image,
     sha256,
     unique_repo,
 )
 
 MISSING = sha256(b"never pushed")
+LOOSE = b"a blob no manifest names"
 
 
 @dataclass
@@ -43,6 +46,11 @@ class Seed:
     def config(self) -> bytes:
         return self.image["config"]
 
+    @property
+    def loose(self) -> str:
+        """A blob in the repository that no manifest refers to."""
+        return sha256(LOOSE)
+
 
 @dataclass
 class Case:
@@ -54,6 +62,8 @@ class Case:
     headers: dict = field(default_factory=dict)
     body: Callable[[Seed], bytes] | bytes | None = None
     params: Callable[[Seed], dict] | dict | None = None
+    # Runs after seeding, before the request: (client, seed) -> anything.
+    setup: Callable | None = None
 
 
 def _v(value, seed):
@@ -165,7 +175,13 @@ CASES = [
     Case("end-9 DELETE tag 202", "DELETE", lambda s: f"/v2/{s.repo}/manifests/v1", 202),
     Case("end-9 DELETE manifest unknown 404", "DELETE",
          lambda s: f"/v2/{s.repo}/manifests/{MISSING}", 404, "MANIFEST_UNKNOWN"),
-    Case("end-10 DELETE blob 202", "DELETE", lambda s: f"/v2/{s.repo}/blobs/{s.layer}", 202),
+    Case("end-10 DELETE blob 202", "DELETE", lambda s: f"/v2/{s.repo}/blobs/{s.loose}", 202),
+    Case("end-10 DELETE blob a manifest uses 409", "DELETE",
+         lambda s: f"/v2/{s.repo}/blobs/{s.layer}", 409, "DENIED"),
+    Case("end-9 DELETE manifest an index uses 409", "DELETE",
+         lambda s: f"/v2/{s.repo}/manifests/{s.manifest}", 409, "DENIED",
+         setup=lambda c, s: push_manifest(
+             c, s.repo, "multi", _index([(s.manifest, len(s.image["manifest"]))]), OCI_INDEX)),
     Case("end-10 DELETE blob unknown 404", "DELETE",
          lambda s: f"/v2/{s.repo}/blobs/{MISSING}", 404, "BLOB_UNKNOWN"),
     Case("end-11 POST mount from repository 201", "POST",
@@ -208,6 +224,9 @@ CASES = [
 def test_endpoint(case: Case, client):
     repo = unique_repo("table")
     seed = Seed(repo, push_image(client, repo))
+    push_blob(client, repo, LOOSE)
+    if case.setup is not None:
+        case.setup(client, seed)
     response = client.request(
         case.method,
         _v(case.path, seed),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from quaylock.api.http import Request, Response, header
 from quaylock.errors import RangeInvalid
-from quaylock.oci import Digest
+from quaylock.oci import Digest, is_number
 from quaylock.services.registry import Registry
 from quaylock.storage.driver import LocalPaths
 
@@ -60,7 +60,14 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first, sep, last = spec.strip().partition("-")
-    if not sep or not (first.isdigit() or last.isdigit()):
+    first, last = first.strip(), last.strip()
+    if (
+        not sep
+        or not (first == "" or is_number(first))
+        or not (last == "" or is_number(last))
+    ):
+        return None
+    if first == last == "":
         return None
     if first == "":
         # A suffix range: the last N bytes.
@@ -69,11 +76,11 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
             raise _unsatisfiable(value, size)
         return size - length, size - 1
     start = int(first)
-    end = int(last) if last.isdigit() else size - 1
-    if last.isdigit() and end < start:
-        return None
+    if last and int(last) < start:
+        return None  # not a valid range: ignored, §14.1.1
     if start >= size:
         raise _unsatisfiable(value, size)
+    end = int(last) if last else size - 1
     return start, min(end, size - 1)
 
 

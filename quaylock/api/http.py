@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from quaylock.errors import BlobUploadInvalid, SizeInvalid, TooLarge
+from quaylock.oci import is_number
 
 
 class ClientDisconnected(Exception):
@@ -73,9 +74,9 @@ class Request:
         value = self.headers.get("content-length")
         if value is None:
             return None
-        if not value.strip().isdigit():
+        if not is_number(value.strip()):
             raise SizeInvalid(f"Content-Length {value[:30]!r} is not a whole number")
-        return int(value)
+        return int(value.strip())
 
     def content_type(self) -> str | None:
         value = self.headers.get("content-type")

@@ -42,10 +42,20 @@ async def catalog(registry: Registry, request: Request) -> Response:
 
 
 async def list_referrers(registry: Registry, request: Request) -> Response:
+    name = request.params["name"]
     digest = Digest.parse(request.params["digest"])
     artifact_type = request.query.get("artifactType") or None
-    body = await registry.referrers(request.params["name"], digest, artifact_type)
+    body, next_last = await registry.referrers(
+        name, digest, artifact_type, request.query.get("last") or None
+    )
     headers = [header("content-type", OCI_INDEX)]
     if artifact_type is not None:
         headers.append((b"oci-filters-applied", b"artifactType"))
+    if next_last is not None:
+        # distribution-spec "Listing Referrers": further pages by Link header.
+        query = {"last": next_last}
+        if artifact_type is not None:
+            query["artifactType"] = artifact_type
+        url = f"/v2/{name}/referrers/{digest}?{urlencode(query)}"
+        headers.append(header("link", f'<{url}>; rel="next"'))
     return Response(200, headers, body=body)

@@ -23,6 +23,9 @@ def serve(args) -> int:
     if bool(config.tls.cert) != bool(config.tls.key):
         raise config_mod.ConfigError("tls: set both cert and key, or neither")
 
+    # Everything the registry writes (database, blobs, keys later) is for
+    # its own eyes only.
+    os.umask(0o077)
     os.makedirs(config.data, mode=0o700, exist_ok=True)
     open_store(config.metadata_url).close()
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from quaylock.errors import (
+    InUse,
     ManifestBlobUnknown,
     ManifestInvalid,
     ManifestUnknown,
@@ -192,8 +193,13 @@ class SQLiteStore:
         )
         return None if row is None else row[0]
 
-    async def blob_size(self, digest: str) -> int | None:
-        row = self._one("SELECT size FROM blobs WHERE digest = ?", (digest,))
+    async def linked_blob_size(self, digest: str) -> int | None:
+        """Return the size of a blob some repository still links, or None."""
+        row = self._one(
+            "SELECT b.size FROM blobs b WHERE b.digest = ? AND EXISTS "
+            "(SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
+            (digest,),
+        )
         return None if row is None else row[0]
 
     async def list_tags(
@@ -214,23 +220,28 @@ class SQLiteStore:
         return [row[0] for row in rows]
 
     async def list_referrers(
-        self, repository: str, subject: str, artifact_type: str | None, limit: int
-    ) -> list[tuple[str, str, int, str | None, dict | None]]:
-        """Return (digest, media type, size, artifact type, annotations) rows."""
+        self,
+        repository: str,
+        subject: str,
+        artifact_type: str | None,
+        after: str | None,
+        limit: int,
+    ) -> list[tuple[str, str, int, str | None, str | None]]:
+        """Return (digest, media type, size, artifact type, annotations as
+        JSON text) of manifests whose subject is `subject`, by digest, after
+        `after`."""
         sql = (
             "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations "
             "FROM manifests m JOIN repositories r ON r.id = m.repository_id "
-            "WHERE r.name = ? AND m.subject = ?"
+            "WHERE r.name = ? AND m.subject = ? AND m.digest > ?"
         )
-        args: tuple = (repository, subject)
+        args: tuple = (repository, subject, after or "")
         if artifact_type is not None:
             sql += " AND m.artifact_type = ?"
             args += (artifact_type,)
-        rows = self._reader.execute(sql + " ORDER BY m.digest LIMIT ?", (*args, limit))
-        return [
-            (d, mt, size, at, json.loads(ann) if ann else None)
-            for d, mt, size, at, ann in rows
-        ]
+        return self._reader.execute(
+            sql + " ORDER BY m.digest LIMIT ?", (*args, limit)
+        ).fetchall()
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
         row = self._one(
@@ -290,10 +301,11 @@ class SQLiteStore:
         """Hide a blob from `repository`; return whether it was visible."""
 
         def write(c: sqlite3.Connection) -> bool:
+            repository_id = _repository_id(c, repository)
+            _refuse_if_referenced(c, repository_id, digest, "blob")
             cursor = c.execute(
-                "DELETE FROM repository_blobs WHERE digest = ? AND repository_id = "
-                "(SELECT id FROM repositories WHERE name = ?)",
-                (digest, repository),
+                "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?",
+                (repository_id, digest),
             )
             return cursor.rowcount > 0
 
@@ -332,7 +344,9 @@ class SQLiteStore:
                     detail={"digests": missing[:100]},
                 )
             annotations = (
-                json.dumps(manifest.annotations) if manifest.annotations else None
+                json.dumps(manifest.annotations, separators=(",", ":"))
+                if manifest.annotations
+                else None
             )
             c.execute(
                 "INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -374,6 +388,7 @@ class SQLiteStore:
 
         def write(c: sqlite3.Connection) -> list[str]:
             repository_id = _repository_id(c, repository)
+            _refuse_if_referenced(c, repository_id, digest, "manifest")
             cursor = c.execute(
                 "DELETE FROM manifests WHERE repository_id = ? AND digest = ?",
                 (repository_id, digest),
@@ -429,6 +444,23 @@ def _ensure_repository(c: sqlite3.Connection, name: str, now: float) -> int:
 def _repository_id(c: sqlite3.Connection, name: str) -> int | None:
     row = c.execute("SELECT id FROM repositories WHERE name = ?", (name,)).fetchone()
     return None if row is None else row[0]
+
+
+def _refuse_if_referenced(
+    c: sqlite3.Connection, repository_id: int | None, digest: str, kind: str
+) -> None:
+    """Keep the invariant that a manifest's content stays visible: refuse to
+    delete a blob or child manifest that a manifest here still names."""
+    row = c.execute(
+        "SELECT manifest_digest FROM manifest_references WHERE repository_id = ? "
+        "AND child_digest = ? AND kind = ? LIMIT 1",
+        (repository_id, digest, kind),
+    ).fetchone()
+    if row is not None:
+        raise InUse(
+            f"{kind} {digest} is still referenced by manifest {row[0]}; "
+            "delete that manifest first"
+        )
 
 
 def _visible_size(

@@ -57,16 +57,14 @@ def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
     """
     if content_type in oci.DOCKER_SCHEMA1:
         raise _schema1()
-    try:
-        body = json.loads(content)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
+    body = _strict_json(content)
     if not isinstance(body, dict):
         raise ManifestInvalid("manifest must be a JSON object")
-    if body.get("schemaVersion") == 1:
+    version = body.get("schemaVersion")
+    if version == 1:
         raise _schema1()
-    if body.get("schemaVersion") != 2:
-        raise ManifestInvalid("manifest schemaVersion must be 2")
+    if type(version) is not int or version != 2:
+        raise ManifestInvalid("manifest schemaVersion must be the integer 2")
 
     media_type = _media_type(body, content_type)
     if media_type in oci.INDEX_MANIFESTS:
@@ -77,12 +75,55 @@ def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
     subject = body.get("subject")
     if subject is not None:
         parsed.subject = _descriptor(subject, "subject").digest
-    annotations = body.get("annotations")
-    if annotations is not None:
-        if not isinstance(annotations, dict):
-            raise ManifestInvalid("annotations must be an object")
-        parsed.annotations = annotations
+    parsed.annotations = _annotations(body, "annotations")
     return parsed
+
+
+def _strict_json(content: bytes) -> object:
+    """Parse JSON as strict clients (Go's encoding/json) will read it back:
+    UTF-8 without a byte-order mark, no NaN or Infinity, no repeated keys.
+    A manifest that other clients parse differently from us is refused,
+    since what a signature covers must mean one thing."""
+    if content.startswith(b"\xef\xbb\xbf"):
+        raise ManifestInvalid("manifest must be UTF-8 without a byte-order mark")
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestInvalid(
+            f"manifest is not UTF-8: {exc.reason} at byte {exc.start}"
+        )
+    try:
+        return json.loads(
+            text, parse_constant=_no_constant, object_pairs_hook=_no_repeats
+        )
+    except RecursionError:
+        raise ManifestInvalid("manifest JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _no_repeats(pairs: list[tuple[str, object]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {repeated[:60]!r} appears twice in one object")
+    return result
+
+
+def _annotations(holder: dict, where: str) -> dict | None:
+    annotations = holder.get("annotations")
+    if annotations is None:
+        return None
+    if not isinstance(annotations, dict) or not all(
+        isinstance(v, str) for v in annotations.values()
+    ):
+        raise ManifestInvalid(f"{where} must map strings to strings")
+    return annotations
 
 
 def _schema1() -> ManifestSchemaUnsupported:
@@ -145,6 +186,7 @@ def _descriptor(value: object, where: str) -> _Descriptor:
         oci.Digest.parse(digest)
     except (DigestInvalid, Unsupported) as exc:
         raise ManifestInvalid(f"{where}: {exc.message}") from None
+    _annotations(value, f"{where}.annotations")
     return _Descriptor(media_type, digest, size)
 
 

@@ -6,6 +6,7 @@ for every route and for the command line alike.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 
@@ -25,6 +26,11 @@ from quaylock.oci import Digest
 from quaylock.services.manifests import parse_manifest
 from quaylock.services.uploads import UploadService
 from quaylock.storage.driver import BlobDriver
+
+
+# Manifests larger than this are parsed in a worker thread: a 4 MiB manifest
+# takes about half a second to parse, which would stall every other request.
+_PARSE_ON_LOOP_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -76,7 +82,7 @@ class Registry:
             size = await self.store.repository_blob_size(source, str(digest))
         else:
             # TODO(#4): restrict to repositories the caller may pull.
-            size = await self.store.blob_size(str(digest))
+            size = await self.store.linked_blob_size(str(digest))
         if size is None or await self.driver.blob_size(str(digest)) is None:
             return None
         await self.store.link_blob(repository, str(digest), size)
@@ -125,7 +131,10 @@ class Registry:
         else:
             tag = oci.check_tag(reference)
             digest = Digest.of(content)
-        parsed = parse_manifest(content, content_type)
+        if len(content) > _PARSE_ON_LOOP_BYTES:
+            parsed = await asyncio.to_thread(parse_manifest, content, content_type)
+        else:
+            parsed = parse_manifest(content, content_type)
         record = ManifestRecord(
             digest=str(digest),
             media_type=parsed.media_type,
@@ -169,39 +178,80 @@ class Registry:
         return _page(items, limit)
 
     async def referrers(
-        self, repository: str, digest: Digest, artifact_type: str | None
-    ) -> bytes:
-        """Return the referrers of `digest` as an OCI image index.
+        self,
+        repository: str,
+        digest: Digest,
+        artifact_type: str | None,
+        last: str | None = None,
+    ) -> tuple[bytes, str | None]:
+        """Return one page of the referrers of `digest` as an OCI image index,
+        and the `last` value of the next page (None on the last page).
 
-        Unknown repositories and subjects give an empty index, never a 404
-        (distribution-spec "Listing Referrers").
+        A page holds at most `limits.page_max_entries` descriptors and about
+        `limits.manifest_max_bytes` of JSON, so that manifests with large
+        annotations cannot make one answer huge. Unknown repositories and
+        subjects give an empty index, never a 404 (distribution-spec
+        "Listing Referrers").
         """
-        # TODO(#7): page referrers past the cap with a Link header.
+        if last is not None:
+            last = str(Digest.parse(last))
+        limits = self.config.limits
         rows = await self.store.list_referrers(
-            repository, str(digest), artifact_type, self.config.limits.page_max_entries
+            repository, str(digest), artifact_type, last, limits.page_max_entries + 1
         )
-        manifests = []
-        for ref_digest, media_type, size, ref_type, ref_annotations in rows:
-            entry = {"mediaType": media_type, "digest": ref_digest, "size": size}
-            if ref_type:
-                entry["artifactType"] = ref_type
-            if ref_annotations:
-                entry["annotations"] = ref_annotations
-            manifests.append(entry)
-        index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": manifests}
-        return json.dumps(index, separators=(",", ":")).encode()
+        entries: list[bytes] = []
+        used = 0
+        next_last = None
+        for i, (ref_digest, media_type, size, ref_type, annotations) in enumerate(rows):
+            if i == limits.page_max_entries:
+                next_last = rows[i - 1][0]
+                break
+            entry = _referrer_entry(ref_digest, media_type, size, ref_type, annotations)
+            if entries and used + len(entry) > limits.manifest_max_bytes:
+                next_last = rows[i - 1][0]
+                break
+            entries.append(entry)
+            used += len(entry)
+        body = b"".join(
+            (
+                b'{"schemaVersion":2,"mediaType":"',
+                oci.OCI_INDEX.encode(),
+                b'","manifests":[',
+                b",".join(entries),
+                b"]}",
+            )
+        )
+        return body, next_last
 
     def _page_size(self, n: str | None) -> int:
         cap = self.config.limits.page_max_entries
         if n is None or n == "":
             return min(self.config.limits.page_default_entries, cap)
-        if not n.isdigit():
+        if not oci.is_number(n):
             raise PaginationInvalid(f"n must be a whole number >= 0, got {n[:20]!r}")
         return min(int(n), cap)
 
     def _check_deletes(self) -> None:
         if not self.config.deletes:
             raise MethodNotAllowed("deletes are disabled on this registry")
+
+
+def _referrer_entry(
+    digest: str,
+    media_type: str,
+    size: int,
+    artifact_type: str | None,
+    annotations: str | None,
+) -> bytes:
+    """One descriptor of a referrers index, as JSON; the manifest's stored
+    annotations (already JSON) are spliced in, not parsed again."""
+    entry = {"mediaType": media_type, "digest": digest, "size": size}
+    if artifact_type:
+        entry["artifactType"] = artifact_type
+    text = json.dumps(entry, separators=(",", ":"))
+    if annotations:
+        text = f'{text[:-1]},"annotations":{annotations}}}'
+    return text.encode()
 
 
 def _page(items: list[str], limit: int) -> Page:

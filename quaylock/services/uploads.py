@@ -34,7 +34,7 @@ from quaylock.errors import (
     SizeInvalid,
 )
 from quaylock.metadata.store import SQLiteStore, UploadRecord
-from quaylock.oci import Digest
+from quaylock.oci import Digest, is_number
 from quaylock.storage.driver import BlobDriver, PathNotFound, UploadBusy
 
 BATCH_BYTES = 1024 * 1024
@@ -64,7 +64,7 @@ def parse_content_range(value: str) -> ChunkRange:
         text = text[5:].lstrip(" =")
     text = text.split("/", 1)[0]
     start, sep, end = text.partition("-")
-    if not sep or not start.isdigit() or not end.isdigit() or int(end) < int(start):
+    if not sep or not is_number(start) or not is_number(end) or int(end) < int(start):
         raise RangeInvalid(f"invalid Content-Range {value[:60]!r}: expected start-end")
     return ChunkRange(int(start), int(end))
 
@@ -153,6 +153,13 @@ class UploadService:
             if body is not None:
                 self._check_range(record, content_range, content_length)
                 size = await self._stage(record, body)
+                received = size - record.size
+                if content_range is not None and received != content_range.length:
+                    await self._undo(record)
+                    raise RangeInvalid(
+                        f"Content-Range declared {content_range.length} bytes, "
+                        f"but {received} arrived; the chunk was discarded"
+                    )
             try:
                 actual = await self._digest_of(record.upload_id, size, digest.algorithm)
                 if actual != digest.hex:
@@ -246,6 +253,15 @@ class UploadService:
             pass
 
     async def _digest_of(self, upload_id: str, size: int, algorithm: str) -> str:
+        # The running hash stands for the file only while the file is exactly
+        # the bytes it hashed; anything else (another writer, a lost lock) is
+        # refused rather than trusted.
+        on_disk = await self.driver.upload_size(upload_id)
+        if on_disk != size:
+            raise BlobUploadInvalid(
+                f"upload {upload_id} holds {on_disk} bytes where {size} were "
+                "committed; the session was changed by another writer"
+            )
         running = self._hashes.get(upload_id)
         if algorithm == "sha256" and running is not None and running[0] == size:
             return running[1].hexdigest()
