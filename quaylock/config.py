@@ -132,8 +132,30 @@ def load(path: str | os.PathLike | None = None, env=None) -> Config:
             raise ConfigError(f"{path}: the top level must be a mapping")
     _apply_env(raw, env)
     config = _build(Config, raw, "")
-    split_listen(config.listen)
+    _check(config)
     return config
+
+
+def _check(config: Config) -> None:
+    """Checks that a type alone cannot express."""
+    split_listen(config.listen)
+    if config.log.format not in ("json", "text"):
+        raise ConfigError(
+            f"log.format: expected json or text, got {config.log.format!r}"
+        )
+    if config.log.level not in LOG_LEVELS:
+        raise ConfigError(
+            f"log.level: expected one of {', '.join(LOG_LEVELS)}, got {config.log.level!r}"
+        )
+    if config.server.workers < 1:
+        raise ConfigError("server.workers: expected at least 1")
+    if config.limits.page_max_entries < 1:
+        raise ConfigError("limits.page_max_entries: expected at least 1")
+    if bool(config.tls.cert) != bool(config.tls.key):
+        raise ConfigError("tls: set both cert and key, or neither")
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 # Environment variables of ours that are not settings.
@@ -150,7 +172,13 @@ def _apply_env(raw: dict, env) -> None:
             target = target.setdefault(key, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"{name}: {key} is not a section")
-        target[keys[-1]] = yaml.safe_load(value) if value else ""
+        try:
+            target[keys[-1]] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"{name}: {value[:60]!r} is not a YAML value; quote text that "
+                "holds ':' or '[' (for example '\"[::1]:5000\"')"
+            ) from None
 
 
 def _build(cls, raw: Any, where: str):

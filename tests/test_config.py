@@ -43,3 +43,26 @@ def test_bad_settings_are_refused_with_the_key(tmp_path, text, message):
 
 def test_ipv6_listen():
     assert config.split_listen("[::1]:5000") == ("::1", 5000)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("log:\n  format: txt\n", "log.format"),
+        ("log:\n  level: verbose\n", "log.level"),
+        ("server:\n  workers: 0\n", "server.workers"),
+        ("tls:\n  cert: /x.pem\n", "tls"),
+    ],
+)
+def test_values_outside_their_choices_are_refused(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(path, env={})
+
+
+def test_environment_value_that_is_not_yaml_is_a_config_error():
+    with pytest.raises(config.ConfigError, match="QUAYLOCK_LISTEN"):
+        config.load(None, env={"QUAYLOCK_LISTEN": "[::1]:5000"})
+    quoted = config.load(None, env={"QUAYLOCK_LISTEN": '"[::1]:5000"'})
+    assert (quoted.host, quoted.port) == ("::1", 5000)

@@ -336,4 +336,17 @@ def test_deletes_can_be_switched_off(make_server, method, path):
         response = client.request(method, url)
         assert response.status_code == 405
         assert error_code(response) == "UNSUPPORTED"
+        assert "DELETE" not in response.headers["allow"]
         assert client.get(f"/v2/{repo}/manifests/v1").status_code == 200
+
+
+def test_unknown_repository_is_name_unknown(client):
+    response = client.get(f"/v2/{unique_repo('nowhere')}/manifests/latest")
+    assert response.status_code == 404
+    assert error_code(response) == "NAME_UNKNOWN"
+
+
+def test_method_not_allowed_names_the_allowed_methods(client):
+    response = client.post(f"/v2/{unique_repo('m')}/manifests/v1")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD, PUT, DELETE"

@@ -10,13 +10,14 @@ import signal
 import sqlite3
 import ssl
 import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import start_server
+from tests.conftest import free_port, start_server
 from tests.helpers import push_image, sha256, unique_repo
 
 MiB = 1024 * 1024
@@ -214,3 +215,62 @@ def test_store_from_a_newer_quaylock_is_refused(tmp_path):
     db.close()
     with pytest.raises(RuntimeError, match="upgrade quaylock"):
         start_server(tmp_path / "s")
+
+
+def _serve(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "quaylock.cli.main", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_second_server_on_a_busy_port_refuses_to_start(server, tmp_path):
+    result = _serve("--listen", server.host, "--data", str(tmp_path / "d"))
+    assert result.returncode == 2
+    assert f"cannot use {server.host}" in result.stderr
+    assert "Traceback" not in result.stderr
+    # The first server still answers alone.
+    assert httpx.get(f"{server.url}/v2/").status_code == 200
+
+
+def test_bad_setting_stops_the_start_with_one_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("log:\n  level: verbose\n")
+    result = _serve("--config", str(config), "--data", str(tmp_path / "d"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "quaylock: configuration error: log.level: expected one of debug, info, "
+        "warning, error, got 'verbose'"
+    ]
+
+
+def test_ipv6_listen_flag(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quaylock.cli.main", "serve",
+         "--listen", f"[::1]:{port}", "--data", str(tmp_path / "d")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            try:
+                response = httpx.get(f"http://[::1]:{port}/v2/", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert response.status_code == 200
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def test_json_logs_are_json_from_start_to_stop(tmp_path):
+    srv = start_server(tmp_path / "j")
+    httpx.get(f"{srv.url}/v2/")
+    srv.stop()
+    lines = [line for line in srv.log().splitlines() if line.strip()]
+    assert len(lines) >= 3
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line

@@ -183,6 +183,9 @@ class App:
             bytes_out = await self._send(scope, tracked_send, response)
         except RegistryError as exc:
             await request.drain(DRAIN_MAX_BYTES, DRAIN_TIMEOUT_SECONDS)
+            if isinstance(exc, MethodNotAllowed) and route is not None:
+                # RFC 9110 §15.5.6: a 405 names the methods that are allowed.
+                exc.headers["allow"] = ", ".join(self._allowed(route))
             status, body = error_body(exc)
             headers = [
                 JSON_ERROR,
@@ -204,6 +207,12 @@ class App:
                 )
         if self.log_requests:
             self._log(scope, route, request, status, started, bytes_out)
+
+    def _allowed(self, route: Route) -> list[str]:
+        methods = list(route.handlers)
+        if not self.registry.config.deletes:
+            methods = [m for m in methods if m != "DELETE"]
+        return methods
 
     async def _send(self, scope, send, response: Response) -> int:
         headers = response.headers

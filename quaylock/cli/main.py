@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -44,11 +45,13 @@ def apply_flags(args) -> None:
     worker processes, which load the configuration themselves, see them."""
     if args.config:
         os.environ["QUAYLOCK_CONFIG_FILE"] = os.path.abspath(args.config)
+    # Overrides are read as YAML; a JSON string is YAML, so values such as
+    # "[::1]:5000" stay text.
     if args.listen:
-        os.environ["QUAYLOCK_LISTEN"] = args.listen
+        os.environ["QUAYLOCK_LISTEN"] = json.dumps(args.listen)
     if args.data:
-        os.environ["QUAYLOCK_DATA"] = os.path.abspath(args.data)
-    if getattr(args, "workers", None):
+        os.environ["QUAYLOCK_DATA"] = json.dumps(os.path.abspath(args.data))
+    if getattr(args, "workers", None) is not None:
         os.environ["QUAYLOCK_SERVER__WORKERS"] = str(args.workers)
 
 

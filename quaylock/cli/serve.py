@@ -8,6 +8,7 @@ from the same configuration (`quaylock.api.app.create_app`).
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from quaylock import config as config_mod
@@ -16,12 +17,32 @@ from quaylock.cli.main import apply_flags
 from quaylock.metadata.store import open_store
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse to start on an address something already listens on.
+
+    Granian binds with SO_REUSEPORT, so a second registry on the same port
+    would otherwise share it silently and split the traffic between two
+    stores. A plain bind, without that option, fails whenever anyone listens.
+
+    Raises:
+        ConfigError: the address is taken or cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise config_mod.ConfigError(
+                f"listen: cannot use {host}:{port} ({exc.strerror}); "
+                "choose another address with --listen"
+            ) from None
+
+
 def serve(args) -> int:
     apply_flags(args)
     config = config_mod.load(os.environ.get("QUAYLOCK_CONFIG_FILE") or None)
     log.configure(config.log.level, config.log.format)
-    if bool(config.tls.cert) != bool(config.tls.key):
-        raise config_mod.ConfigError("tls: set both cert and key, or neither")
+    check_port_free(config.host, config.port)
 
     # Everything the registry writes (database, blobs, keys later) is for
     # its own eyes only.
@@ -45,6 +66,11 @@ def serve(args) -> int:
     options = {}
     if config.tls.cert:
         options = {"ssl_cert": Path(config.tls.cert), "ssl_key": Path(config.tls.key)}
+    formatter = (
+        "quaylock.log.JSONFormatter"
+        if config.log.format == "json"
+        else ("quaylock.log.TextFormatter")
+    )
     server = Granian(
         "quaylock.api.app:create_app",
         factory=True,
@@ -57,6 +83,22 @@ def serve(args) -> int:
         ),
         log_access=False,
         log_level=config.log.level,
+        # Granian's own lines (start, workers, stop) in our format, on stderr.
+        log_dictconfig={
+            "formatters": {"generic": {"()": formatter}, "access": {"()": formatter}},
+            "handlers": {
+                "console": {
+                    "formatter": "generic",
+                    "class": "logging.StreamHandler",
+                    "stream": "ext://sys.stderr",
+                },
+                "access": {
+                    "formatter": "access",
+                    "class": "logging.StreamHandler",
+                    "stream": "ext://sys.stderr",
+                },
+            },
+        },
         workers_kill_timeout=config.server.shutdown_grace_seconds,
         **options,
     )

@@ -103,6 +103,8 @@ class Registry:
         """
         manifest = await self.store.get_manifest(repository, reference)
         if manifest is None:
+            if not await self.store.repository_exists(repository):
+                raise NameUnknown(f"repository {repository} is not known")
             raise ManifestUnknown(
                 f"manifest {reference} is not in repository {repository}"
             )
