@@ -41,3 +41,12 @@ lock:
 
 clean:
 	rm -rf $(VENV) data
+
+# Side-by-side benchmark against CNCF Distribution: needs docker-registry and
+# wrk (Debian packages); takes about 8 minutes. BENCH_ARGS=--quick for a smoke
+# run; bench/README.md says how to read the report.
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: $(VENV)/.runtime
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
