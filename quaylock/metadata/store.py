@@ -3,10 +3,10 @@
 SQLite (one file, WAL) is the embedded default. Reads are short indexed
 lookups and run on the event loop's thread with their own connection: a
 hop to a worker thread would cost more than the query. Writes run on one
-writer thread per process, each in a ``BEGIN IMMEDIATE`` transaction, so a
-write waiting on the file lock or an fsync never stalls the loop.
-Commits are durable (``synchronous=FULL``): a client told 201 keeps its tag
-after a power cut.
+writer thread per process (`metadata.writer`), grouped into ``BEGIN
+IMMEDIATE`` transactions, so a write waiting on the file lock or an fsync
+never stalls the loop. Manifest, tag and delete commits are durable
+(``synchronous=FULL``): a client told 201 keeps its tag after a power cut.
 
 Invariants the writes keep:
 
@@ -18,13 +18,11 @@ Invariants the writes keep:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -33,9 +31,9 @@ from quaylock.errors import (
     ManifestBlobUnknown,
     ManifestInvalid,
     ManifestUnknown,
-    Unavailable,
 )
 from quaylock.metadata import schema
+from quaylock.metadata.writer import GroupWriter
 
 T = TypeVar("T")
 
@@ -82,10 +80,9 @@ class SQLiteStore:
     def __init__(self, path: str):
         self.path = path
         self._reader = self._connect()
-        self._writer_conn: sqlite3.Connection | None = None
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="quaylock-metadata")
         self._lock = threading.Lock()
         self._migrate()
+        self._writer = GroupWriter(self._connect)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -126,30 +123,13 @@ class SQLiteStore:
         return self._reader.execute("SELECT version FROM schema_version").fetchone()[0]
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)
-        if self._writer_conn is not None:
-            self._writer_conn.close()
+        self._writer.close()
         self._reader.close()
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, self._run_write, fn)
-
-    def _run_write(self, fn):
-        if self._writer_conn is None:
-            self._writer_conn = self._connect()
-        conn = self._writer_conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise Unavailable(f"metadata store is busy: {exc}") from exc
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-            return result
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    async def _write(
+        self, fn: Callable[[sqlite3.Connection], T], durable: bool = True
+    ) -> T:
+        return await self._writer.submit(fn, durable)
 
     # Reads
 
@@ -259,7 +239,8 @@ class SQLiteStore:
             lambda c: c.execute(
                 "INSERT INTO uploads VALUES (?, ?, 0, ?, ?)",
                 (upload_id, repository, now, now),
-            )
+            ),
+            durable=False,
         )
 
     async def set_upload_size(self, upload_id: str, size: int) -> None:
@@ -268,12 +249,16 @@ class SQLiteStore:
             lambda c: c.execute(
                 "UPDATE uploads SET size = ?, updated_at = ? WHERE upload_id = ?",
                 (size, now, upload_id),
-            )
+            ),
+            durable=False,
         )
 
     async def delete_upload(self, upload_id: str) -> None:
         await self._write(
-            lambda c: c.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+            lambda c: c.execute(
+                "DELETE FROM uploads WHERE upload_id = ?", (upload_id,)
+            ),
+            durable=False,
         )
 
     async def link_blob(
@@ -295,7 +280,9 @@ class SQLiteStore:
             if upload_id is not None:
                 c.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
 
-        await self._write(write)
+        # Not fsynced on its own: the blob file already is, and the manifest
+        # commit that makes the blob matter flushes this row with it.
+        await self._write(write, durable=False)
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
         """Hide a blob from `repository`; return whether it was visible."""

@@ -7,8 +7,7 @@
     │   │       └── ab12…ef          one file a blob, named by its hex digest
     │   └── sha512/…
     └── uploads/
-        └── <upload_id>/
-            └── data                 staged bytes of one upload session
+        └── <upload_id>              staged bytes of one upload session
 
 Only digests and upload ids that passed their grammar check ever reach these
 functions; repository names never become paths, so no name can reach outside
@@ -32,14 +31,13 @@ def uploads_dir(root: str) -> str:
     return os.path.join(root, "uploads")
 
 
-def upload_dir(root: str, upload_id: str) -> str:
+def upload_path(root: str, upload_id: str) -> str:
+    # One file a session, renamed into blobs/ on commit: no directory to
+    # create and remove per upload (on ext4, creating inodes next to freshly
+    # deleted ones was a fifth of a small push's CPU time).
     if not _UPLOAD_ID_RE.fullmatch(upload_id):
         raise ValueError(f"bad upload id {upload_id!r}")
     return os.path.join(root, "uploads", upload_id)
-
-
-def upload_data_path(root: str, upload_id: str) -> str:
-    return os.path.join(upload_dir(root, upload_id), "data")
 
 
 def is_upload_id(text: str) -> bool:

@@ -13,13 +13,15 @@ import contextlib
 import ctypes
 import fcntl
 import os
-import shutil
 from collections.abc import AsyncIterator
 
 from quaylock.storage import paths
 from quaylock.storage.driver import PathNotFound, UploadBusy
 
 READ_CHUNK = 1024 * 1024
+# Writes this small go straight to the page cache from the event loop: the
+# hop to a thread would cost more than the write.
+INLINE_WRITE_BYTES = 64 * 1024
 # Buffers one vectored write may take (POSIX guarantees at least 16; Linux 1024).
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 
@@ -66,19 +68,20 @@ class FilesystemDriver:
     # Upload sessions
 
     async def start_upload(self, upload_id: str) -> None:
-        directory = paths.upload_dir(self.root, upload_id)
-        os.mkdir(directory, 0o700)
-        fd = os.open(os.path.join(directory, "data"), os.O_CREAT | os.O_WRONLY, 0o600)
-        os.close(fd)
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+        os.close(os.open(paths.upload_path(self.root, upload_id), flags, 0o600))
 
     async def append_upload(
         self, upload_id: str, offset: int, chunks: list[bytes]
     ) -> None:
-        await asyncio.to_thread(self._pwritev, upload_id, offset, chunks)
+        if sum(map(len, chunks)) <= INLINE_WRITE_BYTES:
+            self._pwritev(upload_id, offset, chunks)
+        else:
+            await asyncio.to_thread(self._pwritev, upload_id, offset, chunks)
 
     def _pwritev(self, upload_id: str, offset: int, chunks: list[bytes]) -> None:
         try:
-            fd = os.open(paths.upload_data_path(self.root, upload_id), os.O_WRONLY)
+            fd = os.open(paths.upload_path(self.root, upload_id), os.O_WRONLY)
         except FileNotFoundError:
             raise PathNotFound(upload_id) from None
         start = offset
@@ -102,7 +105,7 @@ class FilesystemDriver:
         # flock on the staged file: held by this open file description only,
         # so it excludes other workers and other replicas on this machine.
         try:
-            fd = os.open(paths.upload_data_path(self.root, upload_id), os.O_RDONLY)
+            fd = os.open(paths.upload_path(self.root, upload_id), os.O_RDONLY)
         except FileNotFoundError:
             raise PathNotFound(upload_id) from None
         try:
@@ -116,19 +119,19 @@ class FilesystemDriver:
 
     async def upload_size(self, upload_id: str) -> int:
         try:
-            return os.stat(paths.upload_data_path(self.root, upload_id)).st_size
+            return os.stat(paths.upload_path(self.root, upload_id)).st_size
         except FileNotFoundError:
             raise PathNotFound(upload_id) from None
 
     async def truncate_upload(self, upload_id: str, size: int) -> None:
         try:
-            os.truncate(paths.upload_data_path(self.root, upload_id), size)
+            os.truncate(paths.upload_path(self.root, upload_id), size)
         except FileNotFoundError:
             raise PathNotFound(upload_id) from None
 
     async def read_upload(self, upload_id: str) -> AsyncIterator[bytes]:
         try:
-            fd = os.open(paths.upload_data_path(self.root, upload_id), os.O_RDONLY)
+            fd = os.open(paths.upload_path(self.root, upload_id), os.O_RDONLY)
         except FileNotFoundError:
             raise PathNotFound(upload_id) from None
         try:
@@ -141,7 +144,7 @@ class FilesystemDriver:
         await asyncio.to_thread(self._commit, upload_id, digest)
 
     def _commit(self, upload_id: str, digest: str) -> None:
-        source = paths.upload_data_path(self.root, upload_id)
+        source = paths.upload_path(self.root, upload_id)
         target = paths.blob_path(self.root, digest)
         try:
             fd = os.open(source, os.O_RDONLY)
@@ -151,17 +154,20 @@ class FilesystemDriver:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if not os.path.exists(target):
-            directory = os.path.dirname(target)
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            os.replace(source, target)
-            _fsync_dir(directory)
-        shutil.rmtree(paths.upload_dir(self.root, upload_id), ignore_errors=True)
+        if os.path.exists(target):
+            # Content-addressed: the stored blob already holds these bytes.
+            os.unlink(source)
+            return
+        directory = os.path.dirname(target)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.replace(source, target)
+        _fsync_dir(directory)
 
     async def abort_upload(self, upload_id: str) -> None:
-        await asyncio.to_thread(
-            shutil.rmtree, paths.upload_dir(self.root, upload_id), True
-        )
+        try:
+            os.unlink(paths.upload_path(self.root, upload_id))
+        except FileNotFoundError:
+            pass
 
     def list_uploads(self) -> list[str]:
         names = os.listdir(paths.uploads_dir(self.root))
