@@ -73,6 +73,37 @@ class ServerConfig:
 
 
 @dataclass
+class AuthRule:
+    """One grant: these subjects may do these actions on these repositories."""
+
+    subjects: list = field(default_factory=list)
+    repositories: list = field(default_factory=list)
+    actions: list = field(default_factory=list)
+
+
+@dataclass
+class AuthConfig:
+    # "token" (the Docker token flow, with Basic on /v2/token), "basic"
+    # (Basic on every request) or "none" (closed test networks only).
+    mode: str = "token"
+    # The audience of issued tokens and the `service` of the challenge.
+    service: str = "quaylock"
+    # Token endpoint URL for the challenge; empty: this server's /v2/token.
+    realm: str = ""
+    # The `iss` of issued tokens.
+    issuer: str = "quaylock"
+    token_ttl_seconds: int = 300
+    refresh_ttl_seconds: int = 30 * 24 * 3600
+    # Tokens from other issuers: PEM public keys or a JWKS file, by path.
+    trusted_issuers: list = field(default_factory=list)
+    # Grants beyond the defaults (each user owns <user>/..., admins own all).
+    rules: list = field(default_factory=list)
+    # Failed logins before an address or an account-at-address is locked.
+    lockout_failures: int = 10
+    lockout_seconds: int = 300
+
+
+@dataclass
 class Config:
     listen: str = "127.0.0.1:5000"
     data: str = "./data"
@@ -83,6 +114,7 @@ class Config:
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def host(self) -> str:
@@ -153,6 +185,48 @@ def _check(config: Config) -> None:
         raise ConfigError("limits.page_max_entries: expected at least 1")
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither")
+    if config.auth.mode not in AUTH_MODES:
+        raise ConfigError(
+            f"auth.mode: expected one of {', '.join(AUTH_MODES)}, got {config.auth.mode!r}"
+        )
+    config.auth.rules = [_rule(i, r) for i, r in enumerate(config.auth.rules)]
+    for i, issuer in enumerate(config.auth.trusted_issuers):
+        if not isinstance(issuer, dict) or not {"issuer", "keys"} <= set(issuer):
+            raise ConfigError(
+                f"auth.trusted_issuers[{i}]: expected a mapping with issuer and keys"
+            )
+
+
+AUTH_MODES = ("token", "basic", "none")
+ACTIONS = ("pull", "push", "delete", "*")
+
+
+def _rule(i: int, raw) -> AuthRule:
+    where = f"auth.rules[{i}]"
+    if isinstance(raw, AuthRule):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    rule = _build(AuthRule, raw, where + ".")
+    for key in ("subjects", "repositories", "actions"):
+        value = getattr(rule, key)
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) for v in value)
+        ):
+            raise ConfigError(f"{where}.{key}: expected a non-empty list of strings")
+    unknown = [a for a in rule.actions if a not in ACTIONS]
+    if unknown:
+        raise ConfigError(f"{where}.actions: unknown action {unknown[0]!r}")
+    for subject in rule.subjects:
+        kind = subject.partition(":")[0]
+        if subject != "anonymous" and kind not in ("user", "group", "robot"):
+            raise ConfigError(
+                f"{where}.subjects: {subject!r} must be anonymous, user:NAME, "
+                "group:NAME or robot:NAME ('*' matches any name)"
+            )
+    return rule
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -213,4 +287,8 @@ def _coerce(default: Any, value: Any, key: str) -> Any:
         if isinstance(value, (str, int, float)):
             return str(value)
         raise ConfigError(f"{key}: expected text, got {value!r}")
+    if isinstance(default, list):
+        if isinstance(value, list):
+            return value
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
     return value

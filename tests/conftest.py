@@ -77,7 +77,11 @@ def start_server(
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = tmp / "config.yaml"
-    config.write_text(yaml.safe_dump(settings or {}))
+    settings = dict(settings or {})
+    # Tests of the registry itself run without authentication; the tests of
+    # authentication pass their own `auth` settings.
+    settings.setdefault("auth", {"mode": "none"})
+    config.write_text(yaml.safe_dump(settings))
     log_path = tmp / "server.log"
     command = [
         sys.executable, "-m", "quaylock.cli.main", "serve",
@@ -99,7 +103,8 @@ def start_server(
             raise RuntimeError(f"quaylock exited early:\n{server.log()}")
         try:
             verify = ssl.create_default_context(cafile=str(ca)) if ca else True
-            if httpx.get(probe, timeout=1, verify=verify).status_code == 200:
+            # 401 is an answer too: authentication is on.
+            if httpx.get(probe, timeout=1, verify=verify).status_code in (200, 401):
                 return server
         except httpx.HTTPError:
             time.sleep(0.1)

@@ -260,7 +260,9 @@ def test_ipv6_listen_flag(tmp_path):
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        assert response.status_code == 200
+        # Authentication is on by default: the answer is a challenge.
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"].startswith("Bearer realm=")
     finally:
         process.terminate()
         process.wait(15)

@@ -15,10 +15,11 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from quaylock import config as config_mod
 from quaylock import log, oci
-from quaylock.api import blobs, listings, manifests, uploads
+from quaylock.api import blobs, listings, manifests, token, uploads
 from quaylock.api.errors import error_body, internal_error_body
 from quaylock.api.http import ClientDisconnected, Request, Response
 from quaylock.errors import (
@@ -26,8 +27,14 @@ from quaylock.errors import (
     MethodNotAllowed,
     NotFound,
     RegistryError,
+    Unauthorized,
 )
 from quaylock.metadata.store import open_store
+from quaylock.policy.access import AccessPolicy
+from quaylock.policy.accounts import Accounts
+from quaylock.policy.auth import Authenticator
+from quaylock.policy.limiter import LoginLimiter
+from quaylock.policy.tokens import KeyRing, TokenService
 from quaylock.services.registry import Registry
 from quaylock.storage import paths
 from quaylock.storage.drivers.filesystem import FilesystemDriver
@@ -44,10 +51,17 @@ class Route:
     template: str
     pattern: re.Pattern
     handlers: dict
+    # The action each method needs (policy.auth): pull, push, delete,
+    # "login" or "catalog"; None for the token endpoint, which checks its own.
+    needs: dict | None
 
 
-def _route(template: str, regex: str, **handlers) -> Route:
-    return Route(template, re.compile(regex), handlers)
+_READ = {"GET": "pull", "HEAD": "pull"}
+_WRITE = {"POST": "push", "PATCH": "push", "PUT": "push", "GET": "push", "HEAD": "push"}
+
+
+def _route(template: str, regex: str, needs: dict | None, **handlers) -> Route:
+    return Route(template, re.compile(regex), handlers, needs)
 
 
 # Order matters where patterns overlap: uploads before blobs/<digest>.
@@ -55,6 +69,7 @@ ROUTES = [
     _route(
         "/v2/{name}/manifests/{reference}",
         r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)",
+        {**_READ, "PUT": "push", "DELETE": "delete"},
         GET=manifests.get_manifest,
         HEAD=manifests.get_manifest,
         PUT=manifests.put_manifest,
@@ -63,11 +78,13 @@ ROUTES = [
     _route(
         "/v2/{name}/blobs/uploads/",
         r"/v2/(?P<name>.+)/blobs/uploads/?",
+        _WRITE,
         POST=uploads.start_blob_upload,
     ),
     _route(
         "/v2/{name}/blobs/uploads/{upload_id}",
         r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)",
+        {**_WRITE, "DELETE": "push"},
         GET=uploads.get_blob_upload,
         HEAD=uploads.get_blob_upload,
         PATCH=uploads.patch_blob_upload,
@@ -77,6 +94,7 @@ ROUTES = [
     _route(
         "/v2/{name}/blobs/{digest}",
         r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)",
+        {**_READ, "DELETE": "delete"},
         GET=blobs.get_blob,
         HEAD=blobs.get_blob,
         DELETE=blobs.delete_blob,
@@ -84,22 +102,32 @@ ROUTES = [
     _route(
         "/v2/{name}/tags/list",
         r"/v2/(?P<name>.+)/tags/list",
+        _READ,
         GET=listings.list_tags,
         HEAD=listings.list_tags,
     ),
     _route(
         "/v2/{name}/referrers/{digest}",
         r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)",
+        _READ,
         GET=listings.list_referrers,
         HEAD=listings.list_referrers,
     ),
 ]
+_LOGIN = {"GET": "login", "HEAD": "login"}
 EXACT_ROUTES = {
     "/v2/": _route(
-        "/v2/", r"/v2/", GET=listings.api_version, HEAD=listings.api_version
+        "/v2/", r"/v2/", _LOGIN, GET=listings.api_version, HEAD=listings.api_version
     ),
-    "/v2": _route("/v2/", r"/v2", GET=listings.api_version, HEAD=listings.api_version),
-    "/v2/_catalog": _route("/v2/_catalog", r"/v2/_catalog", GET=listings.catalog),
+    "/v2": _route(
+        "/v2/", r"/v2", _LOGIN, GET=listings.api_version, HEAD=listings.api_version
+    ),
+    "/v2/_catalog": _route(
+        "/v2/_catalog", r"/v2/_catalog", {"GET": "catalog"}, GET=listings.catalog
+    ),
+    "/v2/token": _route(
+        "/v2/token", r"/v2/token", None, GET=token.get_token, POST=token.post_token
+    ),
 }
 
 
@@ -129,8 +157,14 @@ class App:
         log_requests: write one access line per request.
     """
 
-    def __init__(self, registry: Registry, log_requests: bool = True):
+    def __init__(
+        self,
+        registry: Registry,
+        auth: Authenticator | None = None,
+        log_requests: bool = True,
+    ):
         self.registry = registry
+        self.auth = auth
         self.log_requests = log_requests
 
     async def __call__(self, scope, receive, send) -> None:
@@ -178,7 +212,21 @@ class App:
                 raise BlobUploadUnknown(
                     f"upload {params['upload_id'][:64]!r} is not open"
                 )
-            response = await handler(self.registry, request)
+            if route.needs is None:
+                if self.auth is None:
+                    raise NotFound("authentication is off: there is no token endpoint")
+                response = await handler(self.auth, request)
+            else:
+                if self.auth is not None:
+                    request.subject = await self.auth.check(
+                        request.headers,
+                        _client(scope),
+                        _host(scope, request),
+                        scope.get("scheme", "http"),
+                        route.needs[scope["method"]],
+                        params.get("name"),
+                    )
+                response = await handler(self.registry, request)
             status = response.status
             bytes_out = await self._send(scope, tracked_send, response)
         except RegistryError as exc:
@@ -186,6 +234,15 @@ class App:
             if isinstance(exc, MethodNotAllowed) and route is not None:
                 # RFC 9110 §15.5.6: a 405 names the methods that are allowed.
                 exc.headers["allow"] = ", ".join(self._allowed(route))
+            if isinstance(exc, Unauthorized) and "www-authenticate" not in exc.headers:
+                # RFC 9110 §11.6.1: every 401 carries a challenge.
+                exc.headers["www-authenticate"] = (
+                    self.auth._challenge(
+                        _host(scope, request), scope.get("scheme", "http"), None
+                    ).headers["www-authenticate"]
+                    if self.auth is not None
+                    else 'Basic realm="quaylock"'
+                )
             status, body = error_body(exc)
             headers = [
                 JSON_ERROR,
@@ -268,8 +325,27 @@ class App:
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             bytes_in=request.bytes_in,
             bytes_out=bytes_out,
-            client=(scope.get("client") or ("", 0))[0],
+            client=_client(scope),
+            subject=request.subject.label if request.subject is not None else None,
         )
+
+
+def _client(scope) -> str:
+    return (scope.get("client") or ("", 0))[0]
+
+
+def _host(scope, request: Request) -> str:
+    host = request.headers.get("host")
+    if host and _HOST_RE.fullmatch(host):
+        return host
+    server = scope.get("server") or ("127.0.0.1", 80)
+    return f"{server[0]}:{server[1]}"
+
+
+# A Host header we may echo in a challenge: a name or address and a port.
+_HOST_RE = re.compile(
+    r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
+)
 
 
 def _template(route: Route | None) -> str | None:
@@ -292,7 +368,23 @@ def build_app(config: config_mod.Config) -> App:
         )
     driver = FilesystemDriver(str(root))
     store = open_store(config.metadata_url)
-    return App(Registry(config, driver, store), log_requests=config.log.requests)
+    return App(
+        Registry(config, driver, store),
+        auth=build_authenticator(config, store),
+        log_requests=config.log.requests,
+    )
+
+
+def build_authenticator(config: config_mod.Config, store) -> Authenticator | None:
+    """The request checker for `config.auth`, or None when auth is off."""
+    if config.auth.mode == "none":
+        return None
+    accounts = Accounts(
+        store, LoginLimiter(config.auth.lockout_failures, config.auth.lockout_seconds)
+    )
+    keys = KeyRing(Path(config.data).resolve() / "keys")
+    tokens = TokenService(config.auth, keys)
+    return Authenticator(config.auth, accounts, tokens, AccessPolicy(config.auth.rules))
 
 
 def create_app() -> App:

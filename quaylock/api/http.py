@@ -32,6 +32,7 @@ class Request:
         "_query",
         "bytes_in",
         "body_done",
+        "subject",
     )
 
     def __init__(self, scope: dict, receive, params: dict[str, str]):
@@ -42,6 +43,8 @@ class Request:
         self._query: dict[str, str] | None = None
         self.bytes_in = 0
         self.body_done = False
+        # Who the request acts as, once authentication ran (policy.accounts).
+        self.subject = None
 
     @property
     def method(self) -> str:
@@ -64,6 +67,11 @@ class Request:
             raw = self.scope.get("query_string", b"").decode("latin-1")
             self._query = dict(parse_qsl(raw, keep_blank_values=True))
         return self._query
+
+    def query_pairs(self) -> list[tuple[str, str]]:
+        """Every query parameter in order, repeats kept (``scope`` repeats)."""
+        raw = self.scope.get("query_string", b"").decode("latin-1")
+        return parse_qsl(raw, keep_blank_values=True)
 
     def content_length(self) -> int | None:
         """Return the declared body length, or None when none was sent.
@@ -149,7 +157,7 @@ class Request:
 
         try:
             await asyncio.wait_for(drop(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         self.body_done = True
 

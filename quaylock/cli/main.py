@@ -28,12 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--data", help="data folder (default ./data)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
 
+    from quaylock.cli import accounts
+
+    accounts.add_parsers(commands)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             from quaylock.cli.serve import serve as run_serve
 
             return run_serve(args)
+        return accounts.run(args)
     except config_mod.ConfigError as exc:
         print(f"quaylock: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -47,7 +52,7 @@ def apply_flags(args) -> None:
         os.environ["QUAYLOCK_CONFIG_FILE"] = os.path.abspath(args.config)
     # Overrides are read as YAML; a JSON string is YAML, so values such as
     # "[::1]:5000" stay text.
-    if args.listen:
+    if getattr(args, "listen", None):
         os.environ["QUAYLOCK_LISTEN"] = json.dumps(args.listen)
     if args.data:
         os.environ["QUAYLOCK_DATA"] = json.dumps(os.path.abspath(args.data))

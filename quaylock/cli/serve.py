@@ -7,6 +7,8 @@ from the same configuration (`quaylock.api.app.create_app`).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 from pathlib import Path
@@ -15,6 +17,9 @@ from quaylock import config as config_mod
 from quaylock import log
 from quaylock.cli.main import apply_flags
 from quaylock.metadata.store import open_store
+from quaylock.policy.accounts import Accounts
+from quaylock.policy.limiter import LoginLimiter
+from quaylock.policy.tokens import KeyRing
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -29,6 +34,9 @@ def check_port_free(host: str, port: int) -> None:
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR lets the probe past connections of a stopped server
+        # still in TIME_WAIT; on Linux it never lets it past a listener.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -36,6 +44,42 @@ def check_port_free(host: str, port: int) -> None:
                 f"listen: cannot use {host}:{port} ({exc.strerror}); "
                 "choose another address with --listen"
             ) from None
+
+
+def prepare(config: config_mod.Config) -> None:
+    """What must exist once before the workers start: the schema, the token
+    signing key and, on first start, the admin account."""
+    store = open_store(config.metadata_url)
+    try:
+        if config.auth.mode == "none":
+            log.event(
+                log.logger,
+                logging.WARNING,
+                "authentication is off: anyone who reaches this address may "
+                "push, overwrite and delete; use auth.mode none on a closed "
+                "test network only",
+                listen=config.listen,
+            )
+            return
+        data = Path(config.data).resolve()
+        KeyRing(data / "keys").ensure()
+        accounts = Accounts(store, LoginLimiter(1, 1))
+        password = os.environ.get("QUAYLOCK_ADMIN_PASSWORD") or None
+        written = asyncio.run(_ensure_admin(accounts, data, password))
+        if written is not None:
+            log.event(
+                log.logger,
+                logging.WARNING,
+                "created user admin; its password is in a file only this user "
+                "can read: log in, change it, then delete the file",
+                password_file=str(written),
+            )
+    finally:
+        store.close()
+
+
+async def _ensure_admin(accounts, data: Path, password: str | None):
+    return await accounts.ensure_admin(data, password)
 
 
 def serve(args) -> int:
@@ -48,7 +92,7 @@ def serve(args) -> int:
     # its own eyes only.
     os.umask(0o077)
     os.makedirs(config.data, mode=0o700, exist_ok=True)
-    open_store(config.metadata_url).close()
+    prepare(config)
 
     from granian import Granian
     from granian.constants import Interfaces

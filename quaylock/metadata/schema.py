@@ -71,6 +71,34 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     """,
+    # 2: accounts. Users log in with a password, robots with a secret; both
+    # are stored as salted hashes only. A robot's grants are its own (JSON:
+    # [{"repositories": [...], "actions": [...]}]), never wider than its
+    # owner's.
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        admin INTEGER NOT NULL DEFAULT 0,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE user_groups (
+        user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+        group_name TEXT NOT NULL,
+        PRIMARY KEY (user_name, group_name)
+    );
+    CREATE TABLE robots (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        grants TEXT NOT NULL,
+        expires_at REAL,
+        revoked_at REAL,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -131,6 +131,20 @@ class SQLiteStore:
     ) -> T:
         return await self._writer.submit(fn, durable)
 
+    # Generic access, for the other metadata modules (accounts, later audit).
+
+    def read_one(self, sql: str, args: tuple = ()) -> tuple | None:
+        return self._reader.execute(sql, args).fetchone()
+
+    def read_all(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return self._reader.execute(sql, args).fetchall()
+
+    async def write(
+        self, fn: Callable[[sqlite3.Connection], T], durable: bool = True
+    ) -> T:
+        """Run `fn(connection)` in a write transaction (see `metadata.writer`)."""
+        return await self._writer.submit(fn, durable)
+
     # Reads
 
     def _one(self, sql: str, args: tuple):

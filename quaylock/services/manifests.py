@@ -91,7 +91,7 @@ def _strict_json(content: bytes) -> object:
     except UnicodeDecodeError as exc:
         raise ManifestInvalid(
             f"manifest is not UTF-8: {exc.reason} at byte {exc.start}"
-        )
+        ) from None
     try:
         return json.loads(
             text, parse_constant=_no_constant, object_pairs_hook=_no_repeats

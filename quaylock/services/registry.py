@@ -204,11 +204,11 @@ class Registry:
         entries: list[bytes] = []
         used = 0
         next_last = None
-        for i, (ref_digest, media_type, size, ref_type, annotations) in enumerate(rows):
+        for i, (ref_digest, media_type, size, ref_type, stored) in enumerate(rows):
             if i == limits.page_max_entries:
                 next_last = rows[i - 1][0]
                 break
-            entry = _referrer_entry(ref_digest, media_type, size, ref_type, annotations)
+            entry = _referrer_entry(ref_digest, media_type, size, ref_type, stored)
             if entries and used + len(entry) > limits.manifest_max_bytes:
                 next_last = rows[i - 1][0]
                 break

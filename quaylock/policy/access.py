@@ -1,0 +1,116 @@
+"""Who may do what to which repository.
+
+Rights come from three places, in this order:
+
+1. admins may do everything;
+2. each user owns the namespace of its own name: ``alice`` may pull, push
+   and delete ``alice`` and ``alice/...``;
+3. the `auth.rules` of the configuration, each granting actions on
+   repository patterns to subjects (``anonymous``, ``user:NAME``,
+   ``group:NAME``, ``robot:NAME``; ``*`` in a name matches any name).
+
+A robot may do what its own grants allow and its owner may do, never more.
+A subject from an outside issuer's token may do exactly what that token
+grants, as with Distribution's token auth.
+
+Repository patterns are matched against names that already passed the
+spec's grammar, so no ``..`` or ``%2F`` can reach them. ``*`` matches
+within one path component, ``**`` any number of components:
+``team/*`` matches ``team/app`` but not ``team/app/x``; ``team/**``
+matches both.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from fnmatch import fnmatchcase
+
+from quaylock.config import AuthRule
+from quaylock.policy.accounts import ROBOT_PREFIX, Subject
+
+ALL_ACTIONS = frozenset({"pull", "push", "delete"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _pattern(pattern: str) -> re.Pattern:
+    parts = []
+    for piece in re.split(r"(\*\*|\*)", pattern):
+        if piece == "**":
+            parts.append(r".*")
+        elif piece == "*":
+            parts.append(r"[^/]*")
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("".join(parts))
+
+
+def matches(pattern: str, repository: str) -> bool:
+    return _pattern(pattern).fullmatch(repository) is not None
+
+
+def _subject_matches(selector: str, subject: Subject) -> bool:
+    if selector == "anonymous":
+        return subject.kind == "anonymous"
+    kind, _, name = selector.partition(":")
+    if kind == "user" and subject.kind == "user":
+        return fnmatchcase(subject.name, name)
+    if kind == "group" and subject.kind in ("user", "robot"):
+        return any(fnmatchcase(group, name) for group in subject.groups)
+    if kind == "robot" and subject.kind == "robot":
+        return fnmatchcase(subject.name[len(ROBOT_PREFIX) :], name)
+    return False
+
+
+class AccessPolicy:
+    """Decides the actions a subject may take on a repository.
+
+    Args:
+        rules: the `auth.rules` of the configuration.
+    """
+
+    def __init__(self, rules: list[AuthRule]):
+        self.rules = rules
+
+    def allowed(self, subject: Subject, repository: str) -> frozenset[str]:
+        if subject.token_access is not None:
+            granted: set[str] = set()
+            for name, actions in subject.token_access:
+                if name == repository:
+                    granted |= actions
+            return frozenset(granted & ALL_ACTIONS) | (
+                ALL_ACTIONS if "*" in granted else frozenset()
+            )
+        if subject.kind == "robot":
+            owner = Subject("user", subject.owner or "", subject.groups, subject.admin)
+            bound = self._rights(owner, repository)
+            own: set[str] = set(self._from_rules(subject, repository))
+            for grant in subject.grants:
+                if any(matches(p, repository) for p in grant.repositories):
+                    own |= ALL_ACTIONS if "*" in grant.actions else set(grant.actions)
+            return frozenset(own) & bound
+        return self._rights(subject, repository)
+
+    def _rights(self, subject: Subject, repository: str) -> frozenset[str]:
+        if subject.admin:
+            return ALL_ACTIONS
+        rights = set(self._from_rules(subject, repository))
+        if subject.kind == "user" and (
+            repository == subject.name or repository.startswith(subject.name + "/")
+        ):
+            rights |= ALL_ACTIONS
+        return frozenset(rights)
+
+    def _from_rules(self, subject: Subject, repository: str) -> set[str]:
+        rights: set[str] = set()
+        for rule in self.rules:
+            if not any(_subject_matches(s, subject) for s in rule.subjects):
+                continue
+            if any(matches(p, repository) for p in rule.repositories):
+                rights |= ALL_ACTIONS if "*" in rule.actions else set(rule.actions)
+        return rights
+
+    def may_list_catalog(self, subject: Subject) -> bool:
+        return subject.kind != "anonymous" or any(
+            "anonymous" in rule.subjects for rule in self.rules
+        )
