@@ -26,6 +26,8 @@ and an OCI error code in one table. Drivers raise their own errors
     ├── TooManyRequests          a rate limit refused the request
     ├── Unsupported              an operation or algorithm we do not offer
     ├── MethodNotAllowed         the route exists, the method does not
+    ├── BadRequest               an admin API body or field that cannot be used
+    ├── Conflict                 an account of that name exists already
     ├── NotFound                 no such route
     └── Unavailable              a store cannot serve now
 """
@@ -129,6 +131,14 @@ class Unsupported(RegistryError):
 
 
 class MethodNotAllowed(RegistryError):
+    pass
+
+
+class BadRequest(RegistryError):
+    pass
+
+
+class Conflict(RegistryError):
     pass
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from quaylock import config as config_mod
 from quaylock import log, oci
-from quaylock.api import blobs, listings, manifests, token, uploads
+from quaylock.api import admin, blobs, listings, manifests, token, uploads
 from quaylock.api.errors import error_body, internal_error_body
 from quaylock.api.http import ClientDisconnected, Request, Response
 from quaylock.errors import (
@@ -131,6 +131,39 @@ EXACT_ROUTES = {
 }
 
 
+# The admin API (api/admin.py): handlers take the authenticator, like the
+# token endpoint, and check for an admin themselves.
+ADMIN_ROUTES = [
+    _route(
+        "/admin/v1/users",
+        r"/admin/v1/users",
+        None,
+        GET=admin.list_users,
+        POST=admin.create_user,
+    ),
+    _route(
+        "/admin/v1/users/{user}",
+        r"/admin/v1/users/(?P<user>[a-z0-9._-]{1,64})",
+        None,
+        PATCH=admin.update_user,
+        DELETE=admin.delete_user,
+    ),
+    _route(
+        "/admin/v1/robots",
+        r"/admin/v1/robots",
+        None,
+        GET=admin.list_robots,
+        POST=admin.create_robot,
+    ),
+    _route(
+        "/admin/v1/robots/{robot}",
+        r"/admin/v1/robots/(?P<robot>(?:robot\$)?[a-z0-9._-]{1,64})",
+        None,
+        DELETE=admin.revoke_robot,
+    ),
+]
+
+
 @functools.lru_cache(maxsize=8192)
 def _checked_name(name: str) -> str:
     return oci.check_name(name)
@@ -140,6 +173,12 @@ def match(path: str) -> tuple[Route, dict[str, str]] | None:
     route = EXACT_ROUTES.get(path)
     if route is not None:
         return route, {}
+    if path.startswith("/admin/"):
+        for route in ADMIN_ROUTES:
+            found = route.pattern.fullmatch(path)
+            if found is not None:
+                return route, found.groupdict()
+        return None
     if not path.startswith("/v2/"):
         return None
     for route in ROUTES:
@@ -226,6 +265,7 @@ class App:
                         route.needs[scope["method"]],
                         params.get("name"),
                     )
+                    request.may_pull = self.auth.pull_check(request.subject)
                 response = await handler(self.registry, request)
             status = response.status
             bytes_out = await self._send(scope, tracked_send, response)

@@ -35,6 +35,8 @@ ERROR_TABLE: dict[type[e.RegistryError], tuple[int, str]] = {
     e.RangeInvalid: (416, "RANGE_INVALID"),
     e.TagInvalid: (400, "TAG_INVALID"),
     e.PaginationInvalid: (400, "PAGINATION_NUMBER_INVALID"),
+    e.BadRequest: (400, "BAD_REQUEST"),
+    e.Conflict: (409, "CONFLICT"),
     e.NotFound: (404, "NOT_FOUND"),
     e.Unavailable: (503, "UNAVAILABLE"),
 }

@@ -33,6 +33,7 @@ class Request:
         "bytes_in",
         "body_done",
         "subject",
+        "may_pull",
     )
 
     def __init__(self, scope: dict, receive, params: dict[str, str]):
@@ -43,8 +44,10 @@ class Request:
         self._query: dict[str, str] | None = None
         self.bytes_in = 0
         self.body_done = False
-        # Who the request acts as, once authentication ran (policy.accounts).
+        # Who the request acts as, once authentication ran (policy.accounts),
+        # and its pull right by repository name (None: authentication off).
         self.subject = None
+        self.may_pull = None
 
     @property
     def method(self) -> str:

@@ -37,7 +37,9 @@ async def list_tags(registry: Registry, request: Request) -> Response:
 
 async def catalog(registry: Registry, request: Request) -> Response:
     query = request.query
-    page = await registry.list_repositories(query.get("n"), query.get("last"))
+    page = await registry.list_repositories(
+        query.get("n"), query.get("last"), request.may_pull
+    )
     return _page_response("/v2/_catalog", "repositories", page, {})
 
 

@@ -42,7 +42,10 @@ async def start_blob_upload(registry: Registry, request: Request) -> Response:
     mount = query.get("mount")
     if mount is not None:
         digest = Digest.parse(mount)
-        if await registry.mount_blob(name, digest, query.get("from")) is not None:
+        mounted = await registry.mount_blob(
+            name, digest, query.get("from"), request.may_pull
+        )
+        if mounted is not None:
             return _blob_created(name, digest)
     # end-4b: the whole blob in this one request.
     elif "digest" in query:

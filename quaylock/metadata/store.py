@@ -196,6 +196,14 @@ class SQLiteStore:
         )
         return None if row is None else row[0]
 
+    async def repositories_with_blob(self, digest: str, limit: int) -> list[str]:
+        rows = self._reader.execute(
+            "SELECT r.name FROM repository_blobs rb JOIN repositories r "
+            "ON r.id = rb.repository_id WHERE rb.digest = ? ORDER BY r.name LIMIT ?",
+            (digest, limit),
+        )
+        return [name for (name,) in rows]
+
     async def list_tags(
         self, repository: str, limit: int, last: str | None
     ) -> list[str]:

@@ -20,7 +20,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quaylock.errors import Denied, TooManyRequests, Unauthorized
+from quaylock.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
 from quaylock.metadata.store import SQLiteStore
 from quaylock.policy import passwords
 from quaylock.policy.limiter import LoginLimiter
@@ -199,7 +205,8 @@ class Accounts:
         """Create a user.
 
         Raises:
-            Denied: the name is taken or not a valid user name.
+            Conflict: the name is taken.
+            BadRequest: not a valid user name.
         """
         check_user_name(name)
         hashed = await asyncio.to_thread(passwords.hash_password, password)
@@ -207,7 +214,7 @@ class Accounts:
 
         def write(c):
             if c.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
-                raise Denied(f"user {name} exists already")
+                raise Conflict(f"user {name} exists already")
             c.execute(
                 "INSERT INTO users VALUES (?, ?, ?, 0, ?, ?)",
                 (name, hashed, int(admin), now, now),
@@ -267,7 +274,8 @@ class Accounts:
         """Create users from htpasswd lines with bcrypt hashes; return names.
 
         Raises:
-            Denied: a line is not ``name:$2y$...`` or names an existing user.
+            BadRequest: a line is not ``name:$2y$...``.
+            Conflict: a line names an existing user.
         """
         entries = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -275,7 +283,7 @@ class Accounts:
                 continue
             name, sep, hashed = line.strip().partition(":")
             if not sep or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-                raise Denied(
+                raise BadRequest(
                     f"htpasswd line {number}: only bcrypt entries can be imported"
                 )
             check_user_name(name)
@@ -285,7 +293,7 @@ class Accounts:
         def write(c):
             for name, hashed in entries:
                 if c.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
-                    raise Denied(f"user {name} exists already")
+                    raise Conflict(f"user {name} exists already")
                 c.execute(
                     "INSERT INTO users VALUES (?, ?, 0, 0, ?, ?)",
                     (name, hashed, now, now),
@@ -318,7 +326,7 @@ class Accounts:
         def write(c):
             _require_user(c, owner)
             if c.execute("SELECT 1 FROM robots WHERE name = ?", (full,)).fetchone():
-                raise Denied(f"robot {full} exists already")
+                raise Conflict(f"robot {full} exists already")
             c.execute(
                 "INSERT INTO robots VALUES (?, ?, ?, ?, ?, NULL, ?)",
                 (
@@ -343,7 +351,7 @@ class Accounts:
                 (time.time(), full),
             )
             if cursor.rowcount == 0:
-                raise Denied(f"no active robot {full}")
+                raise NotFound(f"no active robot {full}")
 
         await self.store.write(write)
 
@@ -384,14 +392,14 @@ class Accounts:
                 f.write(password + "\n")
         try:
             await self.add_user("admin", password, admin=True)
-        except Denied:
-            return None  # another worker made it first
+        except Conflict:
+            return None  # another process made it first
         return path
 
 
 def check_user_name(name: str) -> str:
     if len(name) > 64 or not USER_NAME_RE.fullmatch(name):
-        raise Denied(
+        raise BadRequest(
             f"invalid account name {name[:64]!r}: lower-case letters and digits, "
             "joined by single '.', '_' or '-', at most 64 characters"
         )
@@ -400,4 +408,4 @@ def check_user_name(name: str) -> str:
 
 def _require_user(c, name: str) -> None:
     if c.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
-        raise Denied(f"no user {name}")
+        raise NotFound(f"no user {name}")

@@ -115,6 +115,11 @@ class Authenticator:
             raise self._challenge(host, scheme, scope, error)
         raise Denied(f"{subject.label} may not {need} {repository}")
 
+    def pull_check(self, subject: Subject):
+        """A check of `subject`'s pull right by repository name, for
+        handlers that touch a second repository (mount) or list many."""
+        return lambda repository: "pull" in self.policy.allowed(subject, repository)
+
     def allowed_actions(self, subject: Subject, access: Access) -> frozenset[str]:
         """The part of a requested scope that `subject` may have."""
         if access.type == "registry":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from quaylock import oci
@@ -27,6 +28,13 @@ from quaylock.services.manifests import parse_manifest
 from quaylock.services.uploads import UploadService
 from quaylock.storage.driver import BlobDriver
 
+
+# Called with a repository name: may the caller pull from it?
+MayPull = Callable[[str], bool]
+# Names read at the most by one filtered catalog request, and repositories
+# checked for a mount without `from`.
+_CATALOG_SCAN = 10_000
+_MOUNT_SCAN = 100
 
 # Manifests larger than this are parsed in a worker thread: a 4 MiB manifest
 # takes about half a second to parse, which would stall every other request.
@@ -70,18 +78,31 @@ class Registry:
         return size
 
     async def mount_blob(
-        self, repository: str, digest: Digest, source: str | None
+        self,
+        repository: str,
+        digest: Digest,
+        source: str | None,
+        may_pull: MayPull | None = None,
     ) -> int | None:
         """Make a blob from another repository visible here, without bytes.
 
-        With `source`, the blob must be visible there; without it, anywhere.
-        Returns the blob's size, or None when it cannot be mounted (the
-        caller then opens an upload session instead, as the spec asks).
+        With `source`, the blob must be visible there; without it, in some
+        repository. Either way the caller must be able to pull it there
+        (`may_pull`; None when authentication is off). Returns the blob's
+        size, or None when it cannot be mounted: the caller then opens an
+        upload session instead, as the spec asks, and learns nothing about
+        repositories it may not read.
         """
         if source is not None:
+            if may_pull is not None and not may_pull(source):
+                return None
             size = await self.store.repository_blob_size(source, str(digest))
+        elif may_pull is not None:
+            holders = await self.store.repositories_with_blob(str(digest), _MOUNT_SCAN)
+            if not any(may_pull(name) for name in holders):
+                return None
+            size = await self.store.linked_blob_size(str(digest))
         else:
-            # TODO(#4): restrict to repositories the caller may pull.
             size = await self.store.linked_blob_size(str(digest))
         if size is None or await self.driver.blob_size(str(digest)) is None:
             return None
@@ -173,11 +194,35 @@ class Registry:
         items = await self.store.list_tags(repository, limit + 1, last)
         return _page(items, limit)
 
-    async def list_repositories(self, n: str | None, last: str | None) -> Page:
+    async def list_repositories(
+        self, n: str | None, last: str | None, may_pull: MayPull | None = None
+    ) -> Page:
+        """One page of the catalog: the repositories the caller may pull.
+
+        Filtering reads at most `_CATALOG_SCAN` names per request; a page
+        cut short by that cap still links to the next one, so the cost of a
+        request never grows with the store.
+        """
         limit = self._page_size(n)
-        # TODO(#4): list only repositories the caller may pull.
-        items = await self.store.list_repositories(limit + 1, last)
-        return _page(items, limit)
+        if may_pull is None:
+            items = await self.store.list_repositories(limit + 1, last)
+            return _page(items, limit)
+        found: list[str] = []
+        cursor, scanned = last, 0
+        while len(found) <= limit and scanned < _CATALOG_SCAN:
+            batch = await self.store.list_repositories(500, cursor)
+            if not batch:
+                return _page(found, limit)
+            for name in batch:
+                scanned += 1
+                cursor = name
+                if may_pull(name):
+                    found.append(name)
+                    if len(found) > limit:
+                        break
+        if len(found) > limit:
+            return _page(found, limit)
+        return Page(found, cursor, limit)
 
     async def referrers(
         self,

@@ -1,0 +1,114 @@
+"""The admin HTTP API: only admins, users and robots end to end."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.helpers import error_code
+
+ADMIN = ("admin", "admin-password-1")
+
+
+@pytest.fixture
+def registry(make_server):
+    return make_server(
+        {"auth": {"mode": "token"}}, env={"QUAYLOCK_ADMIN_PASSWORD": ADMIN[1]}
+    )
+
+
+def token_for(client: httpx.Client, auth: tuple[str, str], scope: str) -> str:
+    response = client.get(
+        "/v2/token", params={"service": "quaylock", "scope": scope}, auth=auth
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["token"]
+
+
+def test_admin_manages_users_and_robots(registry):
+    with registry.client() as client:
+        created = client.post(
+            "/admin/v1/users",
+            auth=ADMIN,
+            json={"name": "alice", "password": "alice-pass-1", "groups": ["dev"]},
+        )
+        assert created.status_code == 201, created.text
+        users = client.get("/admin/v1/users", auth=ADMIN).json()
+        assert [u["name"] for u in users] == ["admin", "alice"]
+        assert users[1]["groups"] == ["dev"]
+
+        robot = client.post(
+            "/admin/v1/robots",
+            auth=ADMIN,
+            json={
+                "name": "ci",
+                "owner": "alice",
+                "repositories": ["alice/app"],
+                "actions": ["pull"],
+            },
+        )
+        assert robot.status_code == 201, robot.text
+        secret = robot.json()["secret"]
+        assert robot.json()["name"] == "robot$ci"
+        listed = client.get("/admin/v1/robots", auth=ADMIN).text
+        assert secret not in listed
+
+        token = token_for(client, ("robot$ci", secret), "repository:alice/app:pull")
+        tags = client.get(
+            "/v2/alice/app/tags/list", headers={"authorization": f"Bearer {token}"}
+        )
+        assert tags.status_code == 404  # allowed in; the repository is empty
+        assert client.delete("/admin/v1/robots/ci", auth=ADMIN).status_code == 204
+        after = client.get(
+            "/v2/alice/app/tags/list", headers={"authorization": f"Bearer {token}"}
+        )
+        assert after.status_code == 401
+
+        disabled = client.patch(
+            "/admin/v1/users/alice", auth=ADMIN, json={"disabled": True}
+        )
+        assert disabled.status_code == 200
+        refused = client.get("/v2/token", auth=("alice", "alice-pass-1"))
+        assert refused.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("GET", "/admin/v1/users", None),
+        ("POST", "/admin/v1/users", {"name": "x", "password": "12345678"}),
+        ("DELETE", "/admin/v1/users/admin", None),
+        ("POST", "/admin/v1/robots", {"name": "r", "owner": "admin"}),
+    ],
+)
+def test_non_admins_are_refused(registry, method, path, body):
+    with registry.client() as client:
+        client.post(
+            "/admin/v1/users",
+            auth=ADMIN,
+            json={"name": "bob", "password": "bob-pass-12"},
+        )
+        anonymous = client.request(method, path, json=body)
+        assert anonymous.status_code == 401
+        assert "www-authenticate" in anonymous.headers
+        user = client.request(method, path, json=body, auth=("bob", "bob-pass-12"))
+        assert user.status_code == 403
+        assert error_code(user) == "DENIED"
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"name": "Bad Name", "password": "12345678"}, "BAD_REQUEST"),
+        ({"name": "carol", "password": "short"}, "BAD_REQUEST"),
+        ({"name": "carol"}, "BAD_REQUEST"),
+        ({"name": "admin", "password": "12345678"}, "CONFLICT"),
+        ({"name": 7, "password": "12345678"}, "BAD_REQUEST"),
+    ],
+)
+def test_bad_user_bodies_are_refused_with_a_reason(registry, body, code):
+    with registry.client() as client:
+        response = client.post("/admin/v1/users", auth=ADMIN, json=body)
+        assert 400 <= response.status_code < 500
+        assert error_code(response) == code
+        assert response.json()["errors"][0]["message"]
