@@ -72,7 +72,7 @@ def prepare(config: config_mod.Config) -> None:
                 logging.WARNING,
                 "created user admin; its password is in a file only this user "
                 "can read: log in, change it, then delete the file",
-                password_file=str(written),
+                file=str(written),
             )
     finally:
         store.close()
