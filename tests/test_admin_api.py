@@ -112,3 +112,30 @@ def test_bad_user_bodies_are_refused_with_a_reason(registry, body, code):
         assert 400 <= response.status_code < 500
         assert error_code(response) == code
         assert response.json()["errors"][0]["message"]
+
+
+def test_admin_tokens_need_the_admin_scope(registry):
+    with registry.client() as client:
+        pull_only = token_for(client, ADMIN, "repository:admin/app:pull")
+        refused = client.get(
+            "/admin/v1/users", headers={"authorization": f"Bearer {pull_only}"}
+        )
+        assert refused.status_code == 401
+        scoped = token_for(client, ADMIN, "registry:admin:*")
+        allowed = client.get(
+            "/admin/v1/users", headers={"authorization": f"Bearer {scoped}"}
+        )
+        assert allowed.status_code == 200
+        # A non-admin asking for the scope is not given it.
+        client.post(
+            "/admin/v1/users",
+            auth=ADMIN,
+            json={"name": "eve", "password": "eve-pass-12"},
+        )
+        eve = token_for(client, ("eve", "eve-pass-12"), "registry:admin:*")
+        assert (
+            client.get(
+                "/admin/v1/users", headers={"authorization": f"Bearer {eve}"}
+            ).status_code
+            == 401
+        )

@@ -10,7 +10,8 @@
     DELETE /admin/v1/robots/<name>      revoke at once
 
 Callers authenticate with Basic credentials of an admin user, or with a
-bearer token of ours whose subject is an admin user. Robots never act as
+bearer token of ours for an admin user that holds the scope
+``registry:admin:*`` (so a leaked pull token of an admin manages nothing). Robots never act as
 admins here, whatever their owner is. With authentication off the API is
 off too: there would be no one to tell admins from others.
 """
@@ -41,7 +42,10 @@ async def _admin(auth: Authenticator, request: Request) -> Subject:
             claims = auth.tokens.verify(value.strip())
         except InvalidToken:
             raise Unauthorized("invalid token") from None
-        if claims.ours:
+        admin_scope = any(
+            a.type == "registry" and a.name == "admin" for a in claims.access
+        )
+        if claims.ours and admin_scope:
             subject = auth.accounts.subject(claims.subject)
     if subject is None:
         raise Unauthorized("admin credentials required")

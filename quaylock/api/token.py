@@ -15,7 +15,7 @@ import time
 from urllib.parse import parse_qsl
 
 from quaylock.api.http import JSON, Request, Response
-from quaylock.errors import Unauthorized, Unsupported
+from quaylock.errors import BadRequest, Unauthorized, Unsupported
 from quaylock.policy.accounts import ANONYMOUS, Subject
 from quaylock.policy.auth import Authenticator, decode_basic
 from quaylock.policy.tokens import Access, InvalidToken, parse_scope
@@ -103,7 +103,10 @@ async def post_token(auth: Authenticator, request: Request) -> Response:
             raise Unauthorized("invalid refresh token")
         subject, refresh = found, False
     else:
-        raise Unsupported(f"grant_type {str(grant)[:40]!r} is not supported")
+        # RFC 6749 §5.2: unsupported_grant_type is a 400.
+        raise BadRequest(
+            f"unsupported_grant_type: {str(grant)[:40]!r}; use password or refresh_token"
+        )
     body = _token_body(auth, subject, parse_scope(form.get("scope", "")), refresh)
     body["scope"] = form.get("scope", "")
     if grant == "refresh_token":

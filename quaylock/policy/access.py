@@ -55,7 +55,9 @@ def _subject_matches(selector: str, subject: Subject) -> bool:
     kind, _, name = selector.partition(":")
     if kind == "user" and subject.kind == "user":
         return fnmatchcase(subject.name, name)
-    if kind == "group" and subject.kind in ("user", "robot"):
+    if kind == "group" and subject.kind == "user":
+        # Not robots: a robot acts within its own grants, whatever groups
+        # its owner is in (the owner's rights only bound it).
         return any(fnmatchcase(group, name) for group in subject.groups)
     if kind == "robot" and subject.kind == "robot":
         return fnmatchcase(subject.name[len(ROBOT_PREFIX) :], name)

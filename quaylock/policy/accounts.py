@@ -94,19 +94,33 @@ class Accounts:
             )
             error.headers["retry-after"] = str(int(wait) + 1)
             raise error
+        # Charged before any wait or check, given back on success: guesses
+        # sent in parallel must not all pass the lock (see limiter).
+        self.limiter.failed(name, address)
         delay = self.limiter.delay_for(name, address)
         if delay:
             await asyncio.sleep(delay)
-
         if name.startswith(ROBOT_PREFIX):
             subject = self._check_robot(name, secret)
         else:
             subject = await self._check_user(name, secret)
         if subject is None:
-            self.limiter.failed(name, address)
             raise Unauthorized("invalid username or password")
         self.limiter.succeeded(name, address)
         return subject
+
+    def credential_version(self, name: str) -> str | None:
+        """What changes when a user's password or a robot's secret does:
+        remembered logins are valid only while it is the same."""
+        if name.startswith(ROBOT_PREFIX):
+            row = self.store.read_one(
+                "SELECT secret_hash FROM robots WHERE name = ?", (name,)
+            )
+        else:
+            row = self.store.read_one(
+                "SELECT password_hash FROM users WHERE name = ?", (name,)
+            )
+        return None if row is None else row[0]
 
     async def _check_user(self, name: str, password: str) -> Subject | None:
         row = self.store.read_one(

@@ -68,7 +68,7 @@ class Authenticator:
         self.accounts = accounts
         self.tokens = tokens
         self.policy = policy
-        self._basic: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._basic: OrderedDict[str, tuple[str, float, str | None]] = OrderedDict()
 
     async def check(
         self,
@@ -125,6 +125,8 @@ class Authenticator:
         if access.type == "registry":
             if access.name == "catalog" and self.policy.may_list_catalog(subject):
                 return frozenset({"*"})
+            if access.name == "admin" and subject.kind == "user" and subject.admin:
+                return frozenset({"*"})
             return frozenset()
         asked = ALL_ACTIONS if "*" in access.actions else access.actions
         return asked & self.policy.allowed(subject, access.name)
@@ -178,11 +180,17 @@ class Authenticator:
         key = hashlib.sha256(f"{name}\0{password}".encode()).hexdigest()
         cached = self._basic.get(key)
         if cached is not None and cached[1] > time.monotonic():
-            subject = self.accounts.subject(cached[0])
-            if subject is not None:
-                return subject
+            # Valid only while the password is the one that was checked.
+            if self.accounts.credential_version(name) == cached[2]:
+                subject = self.accounts.subject(name)
+                if subject is not None:
+                    return subject
         subject = await self.accounts.authenticate(name, password, address)
-        self._basic[key] = (subject.name, time.monotonic() + _BASIC_CACHE_SECONDS)
+        self._basic[key] = (
+            subject.name,
+            time.monotonic() + _BASIC_CACHE_SECONDS,
+            self.accounts.credential_version(name),
+        )
         while len(self._basic) > _BASIC_CACHE_MAX:
             self._basic.popitem(last=False)
         return subject

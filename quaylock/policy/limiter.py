@@ -6,6 +6,10 @@ let anyone lock its owner out. After a few failures each further attempt
 waits longer; past `limit` failures the key is locked for `lock_seconds`
 and refused without a password check (so a flood costs no hashing).
 
+A login is charged as a failure before its password is checked, and given
+back if it succeeds: guesses sent in parallel, all waiting for their hash,
+would otherwise all pass the check before any failure was counted.
+
 IPv6 addresses count by their /64, since one host usually holds a whole
 /64 and could rotate through it.
 """
@@ -93,4 +97,10 @@ class LoginLimiter:
             self._entries.popitem(last=False)
 
     def succeeded(self, account: str, address: str) -> None:
-        self._entries.pop(("account", account, address_key(address)), None)
+        """Undo the failure charged by `failed` before the check, and clear
+        the account's count at this address."""
+        where = address_key(address)
+        self._entries.pop(("account", account, where), None)
+        entry = self._entries.get(("address", where))
+        if entry is not None and entry.failures > 0:
+            entry.failures -= 1
