@@ -276,3 +276,13 @@ def test_json_logs_are_json_from_start_to_stop(tmp_path):
     assert len(lines) >= 3
     for line in lines:
         assert isinstance(json.loads(line), dict), line
+
+
+def test_auth_off_warns_at_every_start(make_server):
+    server = make_server({"auth": {"mode": "none"}})
+    warnings = [
+        json.loads(line)
+        for line in server.log().splitlines()
+        if line.startswith("{") and '"warning"' in line
+    ]
+    assert any("authentication is off" in w["msg"] for w in warnings)
