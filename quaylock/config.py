@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,38 @@ class AuthConfig:
 
 
 @dataclass
+class TagRule:
+    """Rules for the tags of the repositories matching `repositories`.
+
+    Tag patterns are regular expressions matched against the whole tag.
+    """
+
+    repositories: list = field(default_factory=lambda: ["**"])
+    # Which tags may exist at all; empty: any tag the grammar allows.
+    allow: list = field(default_factory=list)
+    # Once such a tag exists it never moves or goes (a re-push is a no-op).
+    immutable: list = field(default_factory=list)
+    # Only subjects with the tag-admin right create, move or delete these.
+    protected: list = field(default_factory=list)
+    # A new tag that looks like a protected or release tag: deny, alert, off.
+    lookalike: str = "deny"
+    # Tags an admin allowed although they look like another.
+    lookalike_allow: list = field(default_factory=list)
+
+
+def _default_tag_rules() -> list:
+    return [TagRule(protected=["latest"])]
+
+
+@dataclass
+class TagsConfig:
+    rules: list = field(default_factory=_default_tag_rules)
+    # A new repository that looks like an existing one: deny, alert, off.
+    repository_lookalike: str = "alert"
+    repository_lookalike_allow: list = field(default_factory=list)
+
+
+@dataclass
 class Config:
     listen: str = "127.0.0.1:5000"
     data: str = "./data"
@@ -115,6 +148,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    tags: TagsConfig = field(default_factory=TagsConfig)
 
     @property
     def host(self) -> str:
@@ -196,9 +230,45 @@ def _check(config: Config) -> None:
                 f"auth.trusted_issuers[{i}]: expected a mapping with issuer and keys"
             )
 
+    config.tags.rules = [_tag_rule(i, r) for i, r in enumerate(config.tags.rules)]
+    if config.tags.repository_lookalike not in LOOKALIKE_MODES:
+        raise ConfigError(
+            "tags.repository_lookalike: expected one of "
+            f"{', '.join(LOOKALIKE_MODES)}, got {config.tags.repository_lookalike!r}"
+        )
+
+
+LOOKALIKE_MODES = ("deny", "alert", "off")
+
+
+def _tag_rule(i: int, raw) -> TagRule:
+    where = f"tags.rules[{i}]"
+    if isinstance(raw, TagRule):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    rule = _build(TagRule, raw, where + ".")
+    for key in ("repositories", "allow", "immutable", "protected", "lookalike_allow"):
+        value = getattr(rule, key)
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}.{key}: expected a list of strings")
+    for key in ("allow", "immutable", "protected"):
+        for pattern in getattr(rule, key):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(
+                    f"{where}.{key}: {pattern!r} is not a regular expression: {exc}"
+                ) from None
+    if rule.lookalike not in LOOKALIKE_MODES:
+        raise ConfigError(
+            f"{where}.lookalike: expected one of {', '.join(LOOKALIKE_MODES)}, got {rule.lookalike!r}"
+        )
+    return rule
+
 
 AUTH_MODES = ("token", "basic", "none")
-ACTIONS = ("pull", "push", "delete", "*")
+ACTIONS = ("pull", "push", "delete", "tag-admin", "*")
 
 
 def _rule(i: int, raw) -> AuthRule:

@@ -34,12 +34,22 @@ def test_repository_patterns(pattern, name, expected):
 
 def test_users_own_their_namespace_and_nothing_else():
     policy = AccessPolicy([])
-    assert policy.allowed(ALICE, "alice") == {"pull", "push", "delete"}
-    assert policy.allowed(ALICE, "alice/app/x") == {"pull", "push", "delete"}
+    assert policy.allowed(ALICE, "alice") == {"pull", "push", "delete", "tag-admin"}
+    assert policy.allowed(ALICE, "alice/app/x") == {
+        "pull",
+        "push",
+        "delete",
+        "tag-admin",
+    }
     assert policy.allowed(ALICE, "alicex/app") == frozenset()
     assert policy.allowed(ALICE, "bob/app") == frozenset()
     assert policy.allowed(ANONYMOUS, "alice/app") == frozenset()
-    assert policy.allowed(ADMIN, "anything/at/all") == {"pull", "push", "delete"}
+    assert policy.allowed(ADMIN, "anything/at/all") == {
+        "pull",
+        "push",
+        "delete",
+        "tag-admin",
+    }
 
 
 def test_rules_grant_by_user_group_and_anonymous():
@@ -53,7 +63,12 @@ def test_rules_grant_by_user_group_and_anonymous():
     assert policy.allowed(ALICE, "shared/x/y") == {"pull", "push"}
     assert policy.allowed(ANONYMOUS, "public/app") == {"pull"}
     assert policy.allowed(ANONYMOUS, "shared/x") == frozenset()
-    assert policy.allowed(Subject("user", "bob"), "b-team/app") == {"pull", "push", "delete"}
+    assert policy.allowed(Subject("user", "bob"), "b-team/app") == {
+        "pull",
+        "push",
+        "delete",
+        "tag-admin",
+    }
     assert policy.may_list_catalog(ANONYMOUS)
 
 

@@ -148,7 +148,7 @@ CASES = [
     Case("end-7 PUT index missing child 400", "PUT", lambda s: f"/v2/{s.repo}/manifests/x",
          400, "MANIFEST_BLOB_UNKNOWN", headers={"content-type": OCI_INDEX},
          body=_index([(MISSING, 10)])),
-    Case("end-7 PUT index of existing child 201", "PUT", lambda s: f"/v2/{s.repo}/manifests/i",
+    Case("end-7 PUT index of existing child 201", "PUT", lambda s: f"/v2/{s.repo}/manifests/multi",
          201, headers={"content-type": OCI_INDEX},
          body=lambda s: _index([(s.manifest, len(s.image["manifest"]))])),
     Case("end-7 PUT manifest media type mismatch 400", "PUT",

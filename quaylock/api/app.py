@@ -266,6 +266,10 @@ class App:
                         params.get("name"),
                     )
                     request.may_pull = self.auth.pull_check(request.subject)
+                    if "name" in params:
+                        request.rights = self.auth.policy.allowed(
+                            request.subject, params["name"]
+                        )
                 response = await handler(self.registry, request)
             status = response.status
             bytes_out = await self._send(scope, tracked_send, response)

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 from quaylock.errors import BlobUploadInvalid, SizeInvalid, TooLarge
 from quaylock.oci import is_number
+from quaylock.services.tags import Actor
 
 
 class ClientDisconnected(Exception):
@@ -34,6 +35,7 @@ class Request:
         "body_done",
         "subject",
         "may_pull",
+        "rights",
     )
 
     def __init__(self, scope: dict, receive, params: dict[str, str]):
@@ -48,6 +50,8 @@ class Request:
         # and its pull right by repository name (None: authentication off).
         self.subject = None
         self.may_pull = None
+        # The subject's actions on this request's repository (None: auth off).
+        self.rights: frozenset[str] | None = None
 
     @property
     def method(self) -> str:
@@ -168,6 +172,17 @@ class Request:
         """Read the whole body, at most `limit` bytes (see `body_chunks`)."""
         parts = [chunk async for chunk in self.body_chunks(limit)]
         return b"".join(parts)
+
+
+def actor_of(request: Request) -> Actor:
+    """Who acts, for tag rules and the audit log."""
+    subject = request.subject.label if request.subject is not None else "anonymous"
+    return Actor(
+        subject=subject,
+        client=(request.scope.get("client") or ("", 0))[0],
+        user_agent=request.headers.get("user-agent", "")[:200] or None,
+        tag_admin=request.rights is None or "tag-admin" in request.rights,
+    )
 
 
 @dataclass(slots=True)

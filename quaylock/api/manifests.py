@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quaylock import oci
-from quaylock.api.http import Request, Response, header
+from quaylock.api.http import Request, Response, actor_of, header
 from quaylock.errors import ManifestUnknown
 from quaylock.services.registry import Registry
 
@@ -33,7 +33,11 @@ async def put_manifest(registry: Registry, request: Request) -> Response:
     limit = registry.config.limits.manifest_max_bytes
     content = await request.body(limit)
     manifest = await registry.put_manifest(
-        name, request.params["reference"], request.content_type(), content
+        name,
+        request.params["reference"],
+        request.content_type(),
+        content,
+        actor_of(request),
     )
     headers = [
         header("location", f"/v2/{name}/manifests/{manifest.digest}"),
@@ -46,5 +50,7 @@ async def put_manifest(registry: Registry, request: Request) -> Response:
 
 
 async def delete_manifest(registry: Registry, request: Request) -> Response:
-    await registry.delete_manifest(request.params["name"], request.params["reference"])
+    await registry.delete_manifest(
+        request.params["name"], request.params["reference"], actor_of(request)
+    )
     return Response(202)

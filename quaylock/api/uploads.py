@@ -8,7 +8,7 @@ expect) and Docker-Upload-UUID.
 
 from __future__ import annotations
 
-from quaylock.api.http import Request, Response, header
+from quaylock.api.http import Request, Response, actor_of, header
 from quaylock.errors import DigestInvalid, RangeInvalid
 from quaylock.metadata.store import UploadRecord
 from quaylock.oci import Digest
@@ -37,6 +37,7 @@ def _blob_created(name: str, digest: Digest) -> Response:
 async def start_blob_upload(registry: Registry, request: Request) -> Response:
     name = request.params["name"]
     query = request.query
+    await registry.check_new_repository(name, actor_of(request))
 
     # end-11: mount from another repository; on failure, a new session.
     mount = query.get("mount")

@@ -28,9 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--data", help="data folder (default ./data)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
 
-    from quaylock.cli import accounts
+    from quaylock.cli import accounts, audit
 
     accounts.add_parsers(commands)
+    audit.add_parsers(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             from quaylock.cli.serve import serve as run_serve
 
             return run_serve(args)
+        if args.command in ("audit", "tag"):
+            return audit.run(args)
         return accounts.run(args)
     except config_mod.ConfigError as exc:
         print(f"quaylock: configuration error: {exc}", file=sys.stderr)

@@ -99,6 +99,27 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 3: the audit log. Each record carries the hash of the one before it,
+    # so an edited, deleted or reordered record breaks the chain (see
+    # metadata/audit.py).
+    """
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        client TEXT,
+        user_agent TEXT,
+        repository TEXT,
+        tag TEXT,
+        old_digest TEXT,
+        new_digest TEXT,
+        detail TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_tag ON audit_log (repository, tag, seq);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

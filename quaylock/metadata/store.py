@@ -204,6 +204,16 @@ class SQLiteStore:
         )
         return [name for (name,) in rows]
 
+    def tags_matching(self, c: sqlite3.Connection | None, repository: str) -> list[str]:
+        """Every tag of `repository` (for the look-alike guard; bounded)."""
+        conn = c or self._reader
+        rows = conn.execute(
+            "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id "
+            "WHERE r.name = ? ORDER BY t.name LIMIT 10000",
+            (repository,),
+        )
+        return [name for (name,) in rows]
+
     async def list_tags(
         self, repository: str, limit: int, last: str | None
     ) -> list[str]:
@@ -326,8 +336,13 @@ class SQLiteStore:
         manifest: ManifestRecord,
         references: list[Reference],
         tag: str | None,
+        hook: Callable[[sqlite3.Connection, str | None], None] | None = None,
     ) -> None:
         """Store a manifest and point `tag` at it, all or nothing.
+
+        `hook(connection, digest the tag pointed at or None)` runs inside the
+        transaction before the tag moves: it may refuse (raise) and it may
+        write (the audit record), so check and move are one atomic step.
 
         Raises:
             ManifestBlobUnknown: a reference is not visible in the repository.
@@ -379,7 +394,16 @@ class SQLiteStore:
                     for r in references
                 ],
             )
+            old = None
             if tag is not None:
+                row = c.execute(
+                    "SELECT digest FROM tags WHERE repository_id = ? AND name = ?",
+                    (repository_id, tag),
+                ).fetchone()
+                old = row[0] if row else None
+            if hook is not None:
+                hook(c, old)
+            if tag is not None and old != manifest.digest:
                 c.execute(
                     "INSERT INTO tags VALUES (?, ?, ?, ?) ON CONFLICT (repository_id, name) "
                     "DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
@@ -388,8 +412,15 @@ class SQLiteStore:
 
         await self._write(write)
 
-    async def delete_manifest(self, repository: str, digest: str) -> list[str]:
+    async def delete_manifest(
+        self,
+        repository: str,
+        digest: str,
+        hook: Callable[[sqlite3.Connection, list[str]], None] | None = None,
+    ) -> list[str]:
         """Delete a manifest and every tag pointing at it; return those tags.
+
+        `hook(connection, tags)` runs in the transaction and may refuse.
 
         Raises:
             ManifestUnknown: no such manifest in the repository.
@@ -416,12 +447,21 @@ class SQLiteStore:
                 "AND manifest_digest = ?",
                 (repository_id, digest),
             )
+            if hook is not None:
+                hook(c, tags)
             return tags
 
         return await self._write(write)
 
-    async def delete_tag(self, repository: str, tag: str) -> str:
+    async def delete_tag(
+        self,
+        repository: str,
+        tag: str,
+        hook: Callable[[sqlite3.Connection, str], None] | None = None,
+    ) -> str:
         """Delete a tag; return the digest it pointed at.
+
+        `hook(connection, digest)` runs in the transaction and may refuse.
 
         Raises:
             ManifestUnknown: no such tag in the repository.
@@ -435,6 +475,8 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 raise ManifestUnknown(f"tag {tag} is not in {repository}")
+            if hook is not None:
+                hook(c, row[0])
             return row[0]
 
         return await self._write(write)

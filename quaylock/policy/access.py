@@ -29,7 +29,8 @@ from fnmatch import fnmatchcase
 from quaylock.config import AuthRule
 from quaylock.policy.accounts import ROBOT_PREFIX, Subject
 
-ALL_ACTIONS = frozenset({"pull", "push", "delete"})
+# tag-admin: create, move and delete protected tags (services/tags.py).
+ALL_ACTIONS = frozenset({"pull", "push", "delete", "tag-admin"})
 
 
 @functools.lru_cache(maxsize=1024)

@@ -48,7 +48,11 @@ def address_key(address: str) -> str:
 
 
 class LoginLimiter:
-    """In-process counters (a later issue moves them to Redis for replicas).
+    """In-process counters.
+
+    # TODO(#7): share the counters through Redis, so that several workers
+    # or replicas lock together; today each process counts on its own, so
+    # with N workers an address gets up to N times `limit` guesses.
 
     Args:
         limit: failures before a key is locked.

@@ -15,6 +15,7 @@ from quaylock import oci
 from quaylock.config import Config
 from quaylock.errors import (
     BlobUnknown,
+    Denied,
     DigestInvalid,
     ManifestUnknown,
     MethodNotAllowed,
@@ -22,12 +23,17 @@ from quaylock.errors import (
     PaginationInvalid,
     TooLarge,
 )
+from quaylock.metadata import audit
 from quaylock.metadata.store import ManifestRecord, SQLiteStore
 from quaylock.oci import Digest
 from quaylock.services.manifests import parse_manifest
+from quaylock.services.tags import Actor, TagGuard
 from quaylock.services.uploads import UploadService
 from quaylock.storage.driver import BlobDriver
 
+
+# The actor of operations that no request started (the command line).
+SYSTEM = Actor("system")
 
 # Called with a repository name: may the caller pull from it?
 MayPull = Callable[[str], bool]
@@ -63,6 +69,7 @@ class Registry:
         self.driver = driver
         self.store = store
         self.uploads = UploadService(driver, store)
+        self.tags = TagGuard(config.tags)
 
     # Blobs
 
@@ -132,7 +139,12 @@ class Registry:
         return manifest
 
     async def put_manifest(
-        self, repository: str, reference: str, content_type: str | None, content: bytes
+        self,
+        repository: str,
+        reference: str,
+        content_type: str | None,
+        content: bytes,
+        actor: Actor = SYSTEM,
     ) -> ManifestRecord:
         """Validate and store a manifest; tag it when `reference` is a tag.
 
@@ -154,6 +166,9 @@ class Registry:
         else:
             tag = oci.check_tag(reference)
             digest = Digest.of(content)
+            await self._refused_if(
+                actor, repository, tag, self.tags.check_name, repository, tag
+            )
         if len(content) > _PARSE_ON_LOOP_BYTES:
             parsed = await asyncio.to_thread(parse_manifest, content, content_type)
         else:
@@ -166,8 +181,79 @@ class Registry:
             subject=parsed.subject,
             annotations=parsed.annotations,
         )
-        await self.store.put_manifest(repository, record, parsed.references, tag)
+        if not await self.store.repository_exists(repository):
+            await self._refused_if(
+                actor,
+                repository,
+                tag,
+                self.tags.check_new_repository,
+                self.store,
+                repository,
+                actor,
+            )
+
+        def hook(c, old: str | None) -> None:
+            if tag is not None:
+                self.tags.check_move(
+                    self.store, c, repository, tag, old, record.digest, actor
+                )
+            action = (
+                "push"
+                if tag is None or old == record.digest
+                else ("tag.create" if old is None else "tag.move")
+            )
+            audit.append(c, _event(action, actor, repository, tag, old, record.digest))
+
+        await self._refused_if(
+            actor, repository, tag,
+            self.store.put_manifest, repository, record, parsed.references, tag, hook,
+        )  # fmt: skip
         return record
+
+    async def check_new_repository(self, repository: str, actor: Actor) -> None:
+        """The look-alike guard, before anything creates `repository`."""
+        if not await self.store.repository_exists(repository):
+            await self._refused_if(
+                actor, repository, None,
+                self.tags.check_new_repository, self.store, repository, actor,
+            )  # fmt: skip
+
+    async def set_tag(
+        self, repository: str, tag: str, digest: str, actor: Actor = SYSTEM
+    ) -> str | None:
+        """Point `tag` at a manifest already in the repository, under the
+        same rules as a push (`quaylock tag rollback`); return the old digest."""
+        manifest = await self.get_manifest(repository, digest)
+        moved: list[str | None] = []
+
+        def hook(c, old: str | None) -> None:
+            self.tags.check_move(
+                self.store, c, repository, tag, old, manifest.digest, actor
+            )
+            moved.append(old)
+            action = "tag.create" if old is None else "tag.move"
+            audit.append(
+                c, _event(action, actor, repository, tag, old, manifest.digest)
+            )
+
+        self.tags.check_name(repository, tag)
+        await self._refused_if(
+            actor, repository, tag,
+            self.store.put_manifest, repository, manifest, [], tag, hook,
+        )  # fmt: skip
+        return moved[0] if moved else None
+
+    async def _refused_if(self, actor: Actor, repository, tag, fn, *args):
+        """Run `fn`; a Denied is written to the audit log, then raised."""
+        try:
+            result = fn(*args)
+            if hasattr(result, "__await__"):
+                result = await result
+            return result
+        except Denied as exc:
+            event = _event("refused", actor, repository, tag, None, None, exc.message)
+            await self.store.write(lambda c: audit.append(c, event), durable=False)
+            raise
 
     def check_manifest_size(self, size: int) -> None:
         limit = self.config.limits.manifest_max_bytes
@@ -177,13 +263,49 @@ class Registry:
                 detail={"limit": limit, "size": size},
             )
 
-    async def delete_manifest(self, repository: str, reference: str) -> None:
+    async def delete_manifest(
+        self, repository: str, reference: str, actor: Actor = SYSTEM
+    ) -> None:
         """Delete a manifest by digest (and its tags), or a tag alone."""
         self._check_deletes()
         if oci.is_digest(reference):
-            await self.store.delete_manifest(repository, str(Digest.parse(reference)))
+            digest = str(Digest.parse(reference))
+
+            def untag_all(c, tags: list[str]) -> None:
+                for tag in tags:
+                    self.tags.check_move(
+                        self.store, c, repository, tag, digest, None, actor
+                    )
+                    audit.append(
+                        c, _event("tag.delete", actor, repository, tag, digest, None)
+                    )
+                audit.append(
+                    c, _event("manifest.delete", actor, repository, None, digest, None)
+                )
+
+            await self._refused_if(
+                actor,
+                repository,
+                None,
+                self.store.delete_manifest,
+                repository,
+                digest,
+                untag_all,
+            )
         else:
-            await self.store.delete_tag(repository, oci.check_tag(reference))
+            tag = oci.check_tag(reference)
+
+            def untag(c, digest: str) -> None:
+                self.tags.check_move(
+                    self.store, c, repository, tag, digest, None, actor
+                )
+                audit.append(
+                    c, _event("tag.delete", actor, repository, tag, digest, None)
+                )
+
+            await self._refused_if(
+                actor, repository, tag, self.store.delete_tag, repository, tag, untag
+            )
 
     # Listings
 
@@ -281,6 +403,22 @@ class Registry:
     def _check_deletes(self) -> None:
         if not self.config.deletes:
             raise MethodNotAllowed("deletes are disabled on this registry")
+
+
+def _event(
+    action, actor: Actor, repository, tag, old, new, detail=None
+) -> audit.AuditEvent:
+    return audit.AuditEvent(
+        action,
+        actor.subject,
+        actor.client,
+        actor.user_agent,
+        repository,
+        tag,
+        old,
+        new,
+        detail,
+    )
 
 
 def _referrer_entry(
