@@ -137,6 +137,26 @@ class TagsConfig:
 
 
 @dataclass
+class SignaturePolicy:
+    """Signatures required in the repositories matching `repositories`."""
+
+    repositories: list = field(default_factory=lambda: ["**"])
+    # tag: moving a matching tag needs a valid signature on the digest;
+    # pull: pulling a manifest needs one; audit: only record the status.
+    mode: str = "audit"
+    # For mode tag: the tags (regular expressions) whose moves need one.
+    tags: list = field(default_factory=lambda: [".*"])
+    # Trust roots: PEM public keys for cosign; CA certificates for notation.
+    cosign_keys: list = field(default_factory=list)
+    notation_roots: list = field(default_factory=list)
+
+
+@dataclass
+class SignaturesConfig:
+    policies: list = field(default_factory=list)
+
+
+@dataclass
 class Config:
     listen: str = "127.0.0.1:5000"
     data: str = "./data"
@@ -149,6 +169,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
+    signatures: SignaturesConfig = field(default_factory=SignaturesConfig)
 
     @property
     def host(self) -> str:
@@ -237,8 +258,29 @@ def _check(config: Config) -> None:
             f"{', '.join(LOOKALIKE_MODES)}, got {config.tags.repository_lookalike!r}"
         )
 
+    config.signatures.policies = [
+        _signature_policy(i, p) for i, p in enumerate(config.signatures.policies)
+    ]
+
 
 LOOKALIKE_MODES = ("deny", "alert", "off")
+SIGNATURE_MODES = ("tag", "pull", "audit")
+
+
+def _signature_policy(i: int, raw) -> SignaturePolicy:
+    where = f"signatures.policies[{i}]"
+    if isinstance(raw, SignaturePolicy):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    policy = _build(SignaturePolicy, raw, where + ".")
+    if policy.mode not in SIGNATURE_MODES:
+        raise ConfigError(
+            f"{where}.mode: expected one of {', '.join(SIGNATURE_MODES)}, got {policy.mode!r}"
+        )
+    if not policy.cosign_keys and not policy.notation_roots:
+        raise ConfigError(f"{where}: give cosign_keys or notation_roots (or both)")
+    return policy
 
 
 def _tag_rule(i: int, raw) -> TagRule:

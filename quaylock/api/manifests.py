@@ -18,6 +18,7 @@ async def get_manifest(registry: Registry, request: Request) -> Response:
     if oci.is_digest(reference):
         reference = str(oci.Digest.parse(reference))
     manifest = await registry.get_manifest(request.params["name"], reference)
+    await registry.signing.require_for_pull(request.params["name"], manifest)
     headers = [
         header("content-type", manifest.media_type),
         header("docker-content-digest", manifest.digest),

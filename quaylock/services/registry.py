@@ -27,6 +27,7 @@ from quaylock.metadata import audit
 from quaylock.metadata.store import ManifestRecord, SQLiteStore
 from quaylock.oci import Digest
 from quaylock.services.manifests import parse_manifest
+from quaylock.services.signing import SignatureChecker
 from quaylock.services.tags import Actor, TagGuard
 from quaylock.services.uploads import UploadService
 from quaylock.storage.driver import BlobDriver
@@ -70,6 +71,7 @@ class Registry:
         self.store = store
         self.uploads = UploadService(driver, store)
         self.tags = TagGuard(config.tags)
+        self.signing = SignatureChecker(config.signatures, store, driver)
 
     # Blobs
 
@@ -191,6 +193,11 @@ class Registry:
                 repository,
                 actor,
             )
+        if tag is not None:
+            await self._refused_if(
+                actor, repository, tag,
+                self.signing.require_for_tag, repository, tag, record.digest,
+            )  # fmt: skip
 
         def hook(c, old: str | None) -> None:
             if tag is not None:
@@ -237,6 +244,10 @@ class Registry:
             )
 
         self.tags.check_name(repository, tag)
+        await self._refused_if(
+            actor, repository, tag,
+            self.signing.require_for_tag, repository, tag, manifest.digest,
+        )  # fmt: skip
         await self._refused_if(
             actor, repository, tag,
             self.store.put_manifest, repository, manifest, [], tag, hook,

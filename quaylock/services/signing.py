@@ -1,0 +1,170 @@
+"""Signature policy: which manifests need a valid signature, and when.
+
+For a repository matched by a policy, a manifest counts as signed when one
+of its signatures verifies against the policy's trust roots and names the
+manifest's exact digest (and, for cosign, this repository). Signatures are
+found where clients put them: the cosign tag ``sha256-<hex>.sig`` in the
+same repository, and OCI 1.1 referrers (cosign and notation). The checks
+themselves are in `policy.signatures`.
+
+Modes:
+
+- ``tag``: moving a matching tag to a manifest needs a signature on that
+  digest already (push by digest, sign, then tag);
+- ``pull``: pulling a manifest needs one; signatures and other artifacts
+  that refer to a subject stay pullable, or no client could check them;
+- ``audit``: nothing is refused; the status is visible through
+  `SignatureChecker.status` (and the admin API later).
+
+Only positive answers are cached (for a minute): a signature added later is
+seen at once, and a removed one within a minute.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+
+from quaylock.config import SignaturePolicy, SignaturesConfig
+from quaylock.errors import Denied
+from quaylock.policy.access import matches
+from quaylock.policy.signatures import (
+    TrustRoot,
+    Verdict,
+    load_trust_root,
+    signature_candidates,
+    signature_layers,
+    verify_cosign_signature,
+    verify_notation_jws,
+)
+
+# Signature manifests and layers read per check, and the largest layer.
+_MAX_SIGNATURES = 20
+_MAX_LAYER_BYTES = 1024 * 1024
+_CACHE_SECONDS = 60
+_CACHE_MAX = 10_000
+
+
+class SignatureChecker:
+    """Applies `signatures.policies`.
+
+    Args:
+        config: the `signatures` section.
+        store: the metadata store.
+        driver: the blob driver (signature payloads are blobs).
+    """
+
+    def __init__(self, config: SignaturesConfig, store, driver):
+        self.store = store
+        self.driver = driver
+        self.policies: list[tuple[int, SignaturePolicy, list[TrustRoot]]] = []
+        for i, policy in enumerate(config.policies):
+            roots = [
+                load_trust_root("cosign-key", f"policies[{i}].cosign_keys[{j}]", path)
+                for j, path in enumerate(policy.cosign_keys)
+            ] + [
+                load_trust_root(
+                    "notation-x509", f"policies[{i}].notation_roots[{j}]", path
+                )
+                for j, path in enumerate(policy.notation_roots)
+            ]
+            self.policies.append((i, policy, roots))
+        self._verified: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def policy_for(self, repository: str):
+        for i, policy, roots in self.policies:
+            if any(matches(p, repository) for p in policy.repositories):
+                return i, policy, roots
+        return None
+
+    async def status(
+        self, repository: str, digest: str, roots: list[TrustRoot]
+    ) -> Verdict:
+        """Whether `digest` carries a valid signature in `repository`."""
+        key = (repository, digest)
+        if self._verified.get(key, 0) > time.monotonic():
+            return Verdict(True, None, "verified within the last minute")
+        reasons = []
+        for content in await self._signature_manifests(repository, digest):
+            for layer in signature_layers(content)[:_MAX_SIGNATURES]:
+                if layer.size > _MAX_LAYER_BYTES or layer.kind == "notation-cose":
+                    reasons.append(f"{layer.kind} signature not checked")
+                    continue
+                body = await self._blob(layer.digest)
+                if body is None:
+                    continue
+                if layer.kind == "cosign":
+                    verdict = verify_cosign_signature(
+                        body, layer.signature_b64 or "", digest, repository, roots
+                    )
+                else:
+                    verdict = verify_notation_jws(body, digest, roots)
+                if verdict.verified:
+                    self._verified[key] = time.monotonic() + _CACHE_SECONDS
+                    while len(self._verified) > _CACHE_MAX:
+                        self._verified.popitem(last=False)
+                    return verdict
+                reasons.append(verdict.reason)
+        reason = "; ".join(reasons[:3]) if reasons else "no signature found"
+        return Verdict(False, None, reason)
+
+    async def _signature_manifests(self, repository: str, digest: str) -> list[bytes]:
+        found = []
+        if digest.startswith("sha256:"):
+            tagged = await self.store.get_manifest(
+                repository, signature_candidates(digest)
+            )
+            if tagged is not None:
+                found.append(tagged.content)
+        rows = await self.store.list_referrers(
+            repository, digest, None, None, _MAX_SIGNATURES
+        )
+        for row in rows:
+            manifest = await self.store.get_manifest(repository, row[0])
+            if manifest is not None:
+                found.append(manifest.content)
+        return found
+
+    async def _blob(self, digest: str) -> bytes | None:
+        parts = []
+        try:
+            async for chunk in self.driver.read_blob(digest, 0, _MAX_LAYER_BYTES):
+                parts.append(chunk)
+        except Exception:
+            return None
+        return b"".join(parts)
+
+    async def require_for_tag(self, repository: str, tag: str, digest: str) -> None:
+        """Raises:
+        Denied: a `tag` policy covers this tag and `digest` is not signed."""
+        found = self.policy_for(repository)
+        if found is None:
+            return
+        i, policy, roots = found
+        if policy.mode != "tag" or not any(re.fullmatch(p, tag) for p in policy.tags):
+            return
+        verdict = await self.status(repository, digest, roots)
+        if not verdict.verified:
+            raise Denied(
+                f"tag {tag!r} in {repository} may only point at a signed manifest "
+                f"(signatures.policies[{i}], mode tag): {digest} has no valid "
+                f"signature ({verdict.reason}); push by digest, sign, then tag"
+            )
+
+    async def require_for_pull(self, repository: str, manifest) -> None:
+        """Raises:
+        Denied: a `pull` policy covers this repository and the manifest is
+            not signed."""
+        found = self.policy_for(repository)
+        if found is None or found[1].mode != "pull":
+            return
+        if signature_layers(manifest.content) or b'"subject"' in manifest.content:
+            return  # a signature or another artifact about an image
+        i, _, roots = found
+        verdict = await self.status(repository, manifest.digest, roots)
+        if not verdict.verified:
+            raise Denied(
+                f"{repository}@{manifest.digest} has no valid signature "
+                f"(signatures.policies[{i}], mode pull): {verdict.reason}"
+            )
