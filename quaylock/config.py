@@ -157,6 +157,26 @@ class SignaturesConfig:
 
 
 @dataclass
+class Webhook:
+    url: str = ""
+    # HMAC-SHA256 key for the X-Quaylock-Signature header; read from a file
+    # so it stays out of the configuration.
+    secret_file: str = ""
+    # Actions to send: tag.create, tag.move, tag.delete, manifest.delete,
+    # push, refused, alert.
+    events: list = field(
+        default_factory=lambda: [
+            "tag.create",
+            "tag.move",
+            "tag.delete",
+            "refused",
+            "alert",
+        ]
+    )
+    timeout_seconds: int = 5
+
+
+@dataclass
 class Config:
     listen: str = "127.0.0.1:5000"
     data: str = "./data"
@@ -170,6 +190,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
     signatures: SignaturesConfig = field(default_factory=SignaturesConfig)
+    webhooks: list = field(default_factory=list)
 
     @property
     def host(self) -> str:
@@ -262,8 +283,28 @@ def _check(config: Config) -> None:
         _signature_policy(i, p) for i, p in enumerate(config.signatures.policies)
     ]
 
+    config.webhooks = [_webhook(i, w) for i, w in enumerate(config.webhooks)]
+
 
 LOOKALIKE_MODES = ("deny", "alert", "off")
+
+
+def _webhook(i: int, raw) -> Webhook:
+    where = f"webhooks[{i}]"
+    if isinstance(raw, Webhook):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    hook = _build(Webhook, raw, where + ".")
+    if not hook.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.url: expected an http:// or https:// URL")
+    if not hook.secret_file:
+        raise ConfigError(
+            f"{where}.secret_file: events are signed; name a file with the key"
+        )
+    return hook
+
+
 SIGNATURE_MODES = ("tag", "pull", "audit")
 
 

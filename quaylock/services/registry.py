@@ -30,6 +30,7 @@ from quaylock.services.manifests import parse_manifest
 from quaylock.services.signing import SignatureChecker
 from quaylock.services.tags import Actor, TagGuard
 from quaylock.services.uploads import UploadService
+from quaylock.services.webhooks import Webhooks
 from quaylock.storage.driver import BlobDriver
 
 
@@ -72,6 +73,7 @@ class Registry:
         self.uploads = UploadService(driver, store)
         self.tags = TagGuard(config.tags)
         self.signing = SignatureChecker(config.signatures, store, driver)
+        self.webhooks = Webhooks(config.webhooks)
 
     # Blobs
 
@@ -209,11 +211,14 @@ class Registry:
                 if tag is None or old == record.digest
                 else ("tag.create" if old is None else "tag.move")
             )
-            audit.append(c, _event(action, actor, repository, tag, old, record.digest))
+            emitted.append(_event(action, actor, repository, tag, old, record.digest))
+            audit.append(c, emitted[-1])
 
+        emitted: list[audit.AuditEvent] = []
         await self._refused_if(
             actor, repository, tag,
             self.store.put_manifest, repository, record, parsed.references, tag, hook,
+            emitted=emitted,
         )  # fmt: skip
         return record
 
@@ -239,10 +244,10 @@ class Registry:
             )
             moved.append(old)
             action = "tag.create" if old is None else "tag.move"
-            audit.append(
-                c, _event(action, actor, repository, tag, old, manifest.digest)
-            )
+            emitted.append(_event(action, actor, repository, tag, old, manifest.digest))
+            audit.append(c, emitted[-1])
 
+        emitted: list[audit.AuditEvent] = []
         self.tags.check_name(repository, tag)
         await self._refused_if(
             actor, repository, tag,
@@ -251,20 +256,27 @@ class Registry:
         await self._refused_if(
             actor, repository, tag,
             self.store.put_manifest, repository, manifest, [], tag, hook,
+            emitted=emitted,
         )  # fmt: skip
         return moved[0] if moved else None
 
-    async def _refused_if(self, actor: Actor, repository, tag, fn, *args):
-        """Run `fn`; a Denied is written to the audit log, then raised."""
+    async def _refused_if(
+        self, actor: Actor, repository, tag, fn, *args, emitted: list | None = None
+    ):
+        """Run `fn`; a Denied is written to the audit log and sent to the
+        webhooks, then raised. On success, send the `emitted` events."""
         try:
             result = fn(*args)
             if hasattr(result, "__await__"):
                 result = await result
-            return result
         except Denied as exc:
             event = _event("refused", actor, repository, tag, None, None, exc.message)
             await self.store.write(lambda c: audit.append(c, event), durable=False)
+            self.webhooks.emit(event)
             raise
+        for event in emitted or ():
+            self.webhooks.emit(event)
+        return result
 
     def check_manifest_size(self, size: int) -> None:
         limit = self.config.limits.manifest_max_bytes
@@ -279,6 +291,7 @@ class Registry:
     ) -> None:
         """Delete a manifest by digest (and its tags), or a tag alone."""
         self._check_deletes()
+        emitted: list[audit.AuditEvent] = []
         if oci.is_digest(reference):
             digest = str(Digest.parse(reference))
 
@@ -287,12 +300,14 @@ class Registry:
                     self.tags.check_move(
                         self.store, c, repository, tag, digest, None, actor
                     )
-                    audit.append(
-                        c, _event("tag.delete", actor, repository, tag, digest, None)
+                    emitted.append(
+                        _event("tag.delete", actor, repository, tag, digest, None)
                     )
-                audit.append(
-                    c, _event("manifest.delete", actor, repository, None, digest, None)
+                    audit.append(c, emitted[-1])
+                emitted.append(
+                    _event("manifest.delete", actor, repository, None, digest, None)
                 )
+                audit.append(c, emitted[-1])
 
             await self._refused_if(
                 actor,
@@ -302,6 +317,7 @@ class Registry:
                 repository,
                 digest,
                 untag_all,
+                emitted=emitted,
             )
         else:
             tag = oci.check_tag(reference)
@@ -310,13 +326,15 @@ class Registry:
                 self.tags.check_move(
                     self.store, c, repository, tag, digest, None, actor
                 )
-                audit.append(
-                    c, _event("tag.delete", actor, repository, tag, digest, None)
+                emitted.append(
+                    _event("tag.delete", actor, repository, tag, digest, None)
                 )
+                audit.append(c, emitted[-1])
 
             await self._refused_if(
-                actor, repository, tag, self.store.delete_tag, repository, tag, untag
-            )
+                actor, repository, tag, self.store.delete_tag, repository, tag, untag,
+                emitted=emitted,
+            )  # fmt: skip
 
     # Listings
 
