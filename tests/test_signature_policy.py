@@ -120,3 +120,37 @@ def test_repositories_outside_the_policy_are_untouched(make_server, tmp_path, si
         repo = unique_repo("plain")
         push_image(client, repo, tag="latest")
         assert client.get(f"/v2/{repo}/manifests/latest").status_code == 200
+
+
+def test_admin_api_reports_signature_status(make_server, tmp_path, signer):
+    key = write_public_key(tmp_path / "signer.pub", signer)
+    server = make_server(
+        {
+            "auth": {"mode": "token"},
+            "signatures": {
+                "policies": [
+                    {"repositories": ["admin/**"], "mode": "audit", "cosign_keys": [str(key)]}
+                ]
+            },
+        },
+        env={"QUAYLOCK_ADMIN_PASSWORD": "admin-pass-123"},
+    )
+    admin = ("admin", "admin-pass-123")
+    with server.client() as client:
+        token = client.get(
+            "/v2/token",
+            params={"service": "quaylock", "scope": "repository:admin/app:pull,push"},
+            auth=admin,
+        ).json()["token"]
+        client.headers["authorization"] = f"Bearer {token}"
+        image = push_image(client, "admin/app", tag="latest")
+        del client.headers["authorization"]
+        query = {"repository": "admin/app", "digest": image["digest"]}
+        before = client.get("/admin/v1/signatures", params=query, auth=admin).json()
+        assert before["verified"] is False and before["mode"] == "audit"
+        client.headers["authorization"] = f"Bearer {token}"
+        sign(client, "admin/app", image["digest"], signer)
+        del client.headers["authorization"]
+        after = client.get("/admin/v1/signatures", params=query, auth=admin).json()
+        assert after["verified"] is True
+        assert after["policy"] == "signatures.policies[0]"

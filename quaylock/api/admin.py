@@ -8,6 +8,9 @@
     POST   /admin/v1/robots             {"name", "owner", "repositories", "actions",
                                          "expires_in_seconds"?} -> {"name", "secret"}
     DELETE /admin/v1/robots/<name>      revoke at once
+    GET    /admin/v1/signatures?repository=R&digest=D
+                                        signature status of a manifest under
+                                        the policy for R (policy.signatures)
 
 Callers authenticate with Basic credentials of an admin user, or with a
 bearer token of ours for an admin user that holds the scope
@@ -19,6 +22,8 @@ off too: there would be no one to tell admins from others.
 from __future__ import annotations
 
 import json
+
+from quaylock import oci
 
 from quaylock.api.http import JSON, Request, Response
 from quaylock.errors import BadRequest, Denied, Unauthorized
@@ -164,3 +169,29 @@ async def revoke_robot(auth: Authenticator, request: Request) -> Response:
     await _admin(auth, request)
     await auth.accounts.revoke_robot(request.params["robot"])
     return Response(204)
+
+
+async def signature_status(auth: Authenticator, request: Request) -> Response:
+    await _admin(auth, request)
+    registry = request.scope["quaylock.registry"]
+    repository = request.query.get("repository", "")
+    digest = request.query.get("digest", "")
+    oci.check_name(repository)
+    oci.Digest.parse(digest)
+    found = registry.signing.policy_for(repository)
+    if found is None:
+        return _json(200, {"repository": repository, "digest": digest, "policy": None})
+    index, policy, roots = found
+    verdict = await registry.signing.status(repository, digest, roots)
+    return _json(
+        200,
+        {
+            "repository": repository,
+            "digest": digest,
+            "policy": f"signatures.policies[{index}]",
+            "mode": policy.mode,
+            "verified": verdict.verified,
+            "signer": verdict.signer,
+            "reason": verdict.reason,
+        },
+    )

@@ -156,6 +156,12 @@ ADMIN_ROUTES = [
         POST=admin.create_robot,
     ),
     _route(
+        "/admin/v1/signatures",
+        r"/admin/v1/signatures",
+        None,
+        GET=admin.signature_status,
+    ),
+    _route(
         "/admin/v1/robots/{robot}",
         r"/admin/v1/robots/(?P<robot>(?:robot\$)?[a-z0-9._-]{1,64})",
         None,
@@ -254,6 +260,7 @@ class App:
             if route.needs is None:
                 if self.auth is None:
                     raise NotFound("authentication is off: there is no token endpoint")
+                scope["quaylock.registry"] = self.registry
                 response = await handler(self.auth, request)
             else:
                 if self.auth is not None:

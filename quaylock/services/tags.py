@@ -124,6 +124,7 @@ class TagGuard:
         if not found:
             return
         reason = f"new tag {tag!r} in {repository} looks like {found[0].existing!r}: {found[0].reason}"
+        # TODO(#5): a "hold" mode that parks the tag until an admin approves.
         if rule.lookalike == "deny":
             raise Denied(
                 f"{reason} ({where}.lookalike is deny); an admin can allow it in "
