@@ -133,6 +133,12 @@ class SQLiteStore:
 
     # Generic access, for the other metadata modules (accounts, later audit).
 
+    def data_version(self) -> int:
+        """A number that changes whenever another connection (another
+        process, or this process's writer) commits: a cheap test of whether
+        anything cached from the database may be stale."""
+        return self._reader.execute("PRAGMA data_version").fetchone()[0]
+
     def read_one(self, sql: str, args: tuple = ()) -> tuple | None:
         return self._reader.execute(sql, args).fetchone()
 

@@ -74,8 +74,10 @@ class AccessPolicy:
 
     def __init__(self, rules: list[AuthRule]):
         self.rules = rules
+        # Rules do not change while the process runs; subjects are frozen.
+        self.allowed = functools.lru_cache(maxsize=65536)(self._allowed)
 
-    def allowed(self, subject: Subject, repository: str) -> frozenset[str]:
+    def _allowed(self, subject: Subject, repository: str) -> frozenset[str]:
         if subject.token_access is not None:
             granted: set[str] = set()
             for name, actions in subject.token_access:

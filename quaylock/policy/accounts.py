@@ -31,6 +31,7 @@ from quaylock.metadata.store import SQLiteStore
 from quaylock.policy import passwords
 from quaylock.policy.limiter import LoginLimiter
 
+_SUBJECT_CACHE_MAX = 10_000
 USER_NAME_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 ROBOT_PREFIX = "robot$"
 
@@ -75,6 +76,9 @@ class Accounts:
     def __init__(self, store: SQLiteStore, limiter: LoginLimiter):
         self.store = store
         self.limiter = limiter
+        # name -> (subject, time it expires); see `subject`.
+        self._cache: dict[str, tuple[Subject, float]] = {}
+        self._cache_version = -1
 
     # Logging in
 
@@ -186,9 +190,33 @@ class Accounts:
         )
 
     def subject(self, name: str) -> Subject | None:
-        if name.startswith(ROBOT_PREFIX):
-            return self.robot(name)
-        return self.user(name)
+        """The subject `name` is now, or None when it is gone, disabled,
+        revoked or expired.
+
+        Answers are cached until the database changes (any commit by any
+        process moves `data_version`), so a revocation takes effect on the
+        next request while a flood of pulls costs one pragma a request.
+        """
+        version = self.store.data_version()
+        if version != self._cache_version:
+            self._cache.clear()
+            self._cache_version = version
+        cached = self._cache.get(name)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        subject = self.robot(name) if name.startswith(ROBOT_PREFIX) else self.user(name)
+        if subject is not None:
+            expires = self._robot_expiry(name) if subject.kind == "robot" else None
+            if len(self._cache) >= _SUBJECT_CACHE_MAX:
+                self._cache.clear()
+            self._cache[name] = (subject, expires or float("inf"))
+        return subject
+
+    def _robot_expiry(self, name: str) -> float | None:
+        row = self.store.read_one(
+            "SELECT expires_at FROM robots WHERE name = ?", (name,)
+        )
+        return row[0] if row else None
 
     # Managing accounts
 
