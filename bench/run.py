@@ -32,7 +32,14 @@ from pathlib import Path
 import machine
 import report
 import workloads
-from servers import Distribution, PhaseMonitor, Quaylock, Server, machine_busy_seconds
+from servers import (
+    Distribution,
+    PhaseMonitor,
+    Quaylock,
+    Server,
+    machine_busy_seconds,
+    quaylock_auth,
+)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -218,6 +225,7 @@ def run(args, sizes, rounds, config, registry, workdir: Path) -> dict:
             "quick": args.quick,
             "defences": args.defences,
             "quaylock_config": str(config.relative_to(REPO)),
+            "quaylock_auth": quaylock_auth(config)[0],
             "quaylock_workers": args.workers,
             "quiet_timeout_s": args.quiet_timeout,
             "sizes": dataclasses.asdict(sizes),

@@ -13,11 +13,20 @@ parent with worker children, Distribution one Go process.
 - CPU: utime + stime from ``/proc/<pid>/stat`` summed over the tree, as a
   delta over the phase. Threads are included, since a process's counters
   cover all of its threads.
+
+A server with authentication on (quaylock with ``auth.mode: token``) starts
+with ``QUAYLOCK_ADMIN_PASSWORD`` set to a password made for that start, and
+`Server.authorization` fetches a bearer token from its ``/v2/token`` with
+those Basic credentials, as docker, podman or skopeo would. Distribution
+runs without authentication; its `authorization` is None.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,7 +34,9 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
+import yaml
 from client import Connection, ProtocolError, UnexpectedStatus
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -78,6 +89,45 @@ class Server:
         self.port = free_port()
         self.host = "127.0.0.1"
         self.process: subprocess.Popen | None = None
+        # Basic credentials for the token endpoint, and the token service's
+        # name; None when the server runs without authentication.
+        self.credentials: tuple[str, str] | None = None
+        self.service = ""
+
+    def token(self, scopes: list[str] | tuple[str, ...]) -> str | None:
+        """Fetch a bearer token for `scopes` (``repository:NAME:ACTIONS``,
+        ``registry:catalog:*``) from ``/v2/token`` with Basic credentials;
+        None when the server has no authentication.
+
+        Raises:
+            RuntimeError: the token grants less than `scopes` asked for.
+            UnexpectedStatus: the token endpoint refused.
+        """
+        if self.credentials is None:
+            return None
+        query = urlencode([("service", self.service), *(("scope", s) for s in scopes)])
+        basic = base64.b64encode(":".join(self.credentials).encode()).decode()
+        conn = Connection(self.host, self.port, timeout=60)
+        try:
+            answer = conn.request(
+                "GET", f"/v2/token?{query}", {"Authorization": f"Basic {basic}"}
+            )
+        finally:
+            conn.close()
+        token = json.loads(answer.body)["token"]
+        granted = len(_token_claims(token).get("access") or [])
+        if granted != len(scopes):
+            raise RuntimeError(
+                f"{self.name}: asked for {list(scopes)}, the token grants "
+                f"{granted} of them"
+            )
+        return token
+
+    def authorization(self, scopes: list[str] | tuple[str, ...]) -> str | None:
+        """The ``Authorization`` value for a client that needs `scopes`, or
+        None when the server has no authentication."""
+        token = self.token(scopes)
+        return None if token is None else f"Bearer {token}"
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -106,18 +156,37 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited at start:\n{self.log()}")
             if self._answers():
+                try:
+                    self._check_login()
+                except Exception:
+                    self.stop()
+                    raise
                 return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.name} did not answer in {timeout} s:\n{self.log()}")
 
     def _answers(self) -> bool:
+        # With authentication on, /v2/ answers 401 and a challenge to a
+        # caller without credentials: that is an answer too.
+        expect = (200, 401) if self.credentials else 200
         conn = Connection(self.host, self.port, timeout=1)
         try:
-            conn.request("GET", "/v2/")
+            conn.request("GET", "/v2/", expect=expect)
             return True
         except (OSError, ProtocolError, UnexpectedStatus):
             return False
+        finally:
+            conn.close()
+
+    def _check_login(self) -> None:
+        """With authentication on: a token with no scope must open /v2/, so
+        a wrong password or a broken token flow fails here, not mid-run."""
+        if self.credentials is None:
+            return
+        conn = Connection(self.host, self.port, 10, self.authorization([]))
+        try:
+            conn.request("GET", "/v2/")
         finally:
             conn.close()
 
@@ -167,6 +236,16 @@ class Quaylock(Server):
         # A folder holding a `quaylock` package to run instead of the
         # installed one (a commit exported by `run.py --rev`).
         self.source = source
+        self.auth_mode, service = quaylock_auth(config)
+        if self.auth_mode == "token":
+            # The first start creates user admin with this password.
+            self.credentials = ("admin", secrets.token_urlsafe(24))
+            self.service = service
+        elif self.auth_mode != "none":
+            raise ValueError(
+                f"{config}: the benchmark drives auth.mode token or none, "
+                f"not {self.auth_mode!r}"
+            )
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
@@ -174,6 +253,8 @@ class Quaylock(Server):
             # Ahead of the editable install, in the parent and in every
             # Granian worker, which inherit the environment.
             env["PYTHONPATH"] = str(self.source)
+        if self.credentials is not None:
+            env["QUAYLOCK_ADMIN_PASSWORD"] = self.credentials[1]
         return env
 
     def command(self) -> list[str]:
@@ -199,6 +280,23 @@ class Distribution(Server):
         text = DISTRIBUTION_CONFIG.format(root=self.data, port=self.port)
         self.config.write_text(text)
         return [self.executable, "serve", str(self.config)]
+
+
+def quaylock_auth(config: Path) -> tuple[str, str]:
+    """The `auth.mode` and `auth.service` a quaylock config file sets, with
+    quaylock's defaults (token, quaylock) for what it leaves out. The
+    benchmark strips QUAYLOCK_* from the server's environment, so the file
+    is all there is."""
+    settings = yaml.safe_load(config.read_text()) or {}
+    auth = settings.get("auth") or {}
+    return str(auth.get("mode", "token")), str(auth.get("service", "quaylock"))
+
+
+def _token_claims(token: str) -> dict:
+    """The claims of a JWT, unverified: only to compare the grants with
+    what was asked for (the server checks the signature)."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
 def _signal_group(pgid: int, sig: int) -> None:

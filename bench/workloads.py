@@ -16,6 +16,14 @@ from two kinds of client:
 
 Every load is bounded: a fixed count of operations, or a fixed duration for
 wrk, and a deadline after which the phase fails.
+
+Against a server with authentication on (quaylock with ``--defences``),
+every client authenticates as a production client does: it fetches a bearer
+token for the scopes its phase needs (the phase's repository with
+``pull,push,delete``; ``registry:catalog:*`` for the catalog) from
+``/v2/token`` with Basic credentials, untimed, and sends it with every
+request. Each Python client process fetches its own; wrk gets one token per
+run, as a ``-H`` header on every request.
 """
 
 from __future__ import annotations
@@ -58,6 +66,12 @@ REPO_SMALL_EIGHT = "bench/small-eight"
 REPO_LARGE = "bench/large"
 REPO_HUGE = "bench/huge"
 REPO_MANIFESTS = "bench/manifests"
+CATALOG_SCOPE = "registry:catalog:*"
+
+
+def repository_scopes(*repositories: str) -> tuple[str, ...]:
+    """Token scopes for full use of `repositories`."""
+    return tuple(f"repository:{name}:pull,push,delete" for name in repositories)
 
 
 @dataclass(frozen=True)
@@ -194,24 +208,31 @@ Job = Callable[[Connection], float]
 Watch = Callable[[], AbstractContextManager]
 
 
-def run_clients(server: Server, jobs: list[Job], watch: Watch) -> Outcome:
+def run_clients(
+    server: Server, jobs: list[Job], watch: Watch, scopes: tuple[str, ...] = ()
+) -> Outcome:
     """Run each job in a process of its own, on a connection of its own;
     release them together and return the work done over the elapsed time.
 
-    `watch` is entered once every client is connected and left when all
-    have finished, so it sees the load and not the setup.
+    Each client first fetches its bearer token for `scopes` (when the server
+    has authentication on) and connects. `watch` is entered once every
+    client is ready and left when all have finished, so it sees the load and
+    not the setup (a login hashes a password: tenths of a second of server
+    CPU that a long-lived client pays once).
 
     Raises:
         RuntimeError: a client failed (its traceback is in the message) or
             the phase passed `PHASE_TIMEOUT`.
     """
     ctx = multiprocessing.get_context("fork")
-    barrier = ctx.Barrier(len(jobs) + 1)
+    # Clients wait at `ready` once set up, then at `go` once watched.
+    ready = ctx.Barrier(len(jobs) + 1)
+    go = ctx.Barrier(len(jobs) + 1)
     processes, pipes = [], []
     for job in jobs:
         receiver, sender = ctx.Pipe(duplex=False)
         process = ctx.Process(
-            target=_client_main, args=(job, server.host, server.port, barrier, sender)
+            target=_client_main, args=(job, server, scopes, ready, go, sender)
         )
         process.start()
         sender.close()
@@ -221,8 +242,9 @@ def run_clients(server: Server, jobs: list[Job], watch: Watch) -> Outcome:
     deadline = time.monotonic() + PHASE_TIMEOUT
     results = []
     try:
+        ready.wait(timeout=60)
         with watch():
-            barrier.wait(timeout=60)
+            go.wait(timeout=60)
             for pipe in pipes:
                 if not pipe.poll(max(deadline - time.monotonic(), 0)):
                     raise RuntimeError(f"a client did not finish in {PHASE_TIMEOUT} s")
@@ -248,18 +270,28 @@ def run_clients(server: Server, jobs: list[Job], watch: Watch) -> Outcome:
     return Outcome(sum(r[3] for r in results), ended - started)
 
 
-def _client_main(job: Job, host: str, port: int, barrier, sender) -> None:
-    conn = Connection(host, port, SOCKET_TIMEOUT)
+def _client_main(
+    job: Job, server: Server, scopes: tuple[str, ...], ready, go, sender
+) -> None:
+    conn = None
     try:
+        conn = Connection(
+            server.host, server.port, SOCKET_TIMEOUT, server.authorization(scopes)
+        )
         conn.connect()
-        barrier.wait(timeout=60)
+        ready.wait(timeout=60)
+        go.wait(timeout=60)
         started = time.monotonic()
         units = job(conn)
         sender.send(("ok", started, time.monotonic(), units))
     except BaseException:
         sender.send(("error", traceback.format_exc()))
+        # Wake the others (and the harness) now rather than at the timeout.
+        ready.abort()
+        go.abort()
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
 def push_small_job(repository: str, blobs: list[Blob]) -> Job:
@@ -370,9 +402,11 @@ def run_wrk(
     connections: int,
     seconds: int,
     headers=(),
+    scopes: tuple[str, ...] = (),
 ) -> Outcome:
     """Run wrk for `seconds` against `target`, inside `watch`; return its
-    Outcome.
+    Outcome. With authentication on, a token for `scopes` is fetched first
+    (untimed) and sent with every request.
 
     Raises:
         RuntimeError: wrk failed, or any answer was an error or timed out.
@@ -385,6 +419,9 @@ def run_wrk(
         "--timeout", "10s",
         "-s", str(WRK_SCRIPT),
     ]  # fmt: skip
+    authorization = server.authorization(scopes)
+    if authorization is not None:
+        headers = (*headers, f"Authorization: {authorization}")
     for header in headers:
         command += ["-H", header]
     command.append(f"http://{server.host}:{server.port}{target}")
@@ -436,25 +473,32 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
     manifest_target = f"/v2/{REPO_MANIFESTS}/manifests/{fixture.manifests[0][0]}"
     tags_target = f"/v2/{REPO_MANIFESTS}/tags/list?n={sizes.manifests}"
     heads_each = sizes.heads // 8
+    # The token scopes of each phase's clients.
+    small_one = repository_scopes(REPO_SMALL_ONE)
+    small_eight = repository_scopes(REPO_SMALL_EIGHT)
+    large = repository_scopes(REPO_LARGE)
+    huge = repository_scopes(REPO_HUGE)
+    manifests = repository_scopes(REPO_MANIFESTS)
+    catalog = (CATALOG_SCOPE,)
 
     def prepare_manifests(server: Server) -> None:
-        with _connection(server) as conn:
+        with _connection(server, manifests) as conn:
             push_small_job(REPO_MANIFESTS, [fixture.config, fixture.layer])(conn)
 
     def prepare_get(server: Server) -> None:
-        with _connection(server) as conn:
+        with _connection(server, manifests) as conn:
             answer = conn.request("GET", manifest_target, {"Accept": OCI_MANIFEST})
         if answer.body != fixture.manifests[0][1]:
             raise RuntimeError(f"{server.name}: manifest GET returned other bytes")
 
     def prepare_tags(server: Server) -> None:
-        with _connection(server) as conn:
+        with _connection(server, manifests) as conn:
             tags = json.loads(conn.request("GET", tags_target).body)["tags"]
         if len(tags) != sizes.manifests:
             raise RuntimeError(f"{server.name}: tags list has {len(tags)} tags")
 
     def prepare_catalog(server: Server) -> None:
-        with _connection(server) as conn:
+        with _connection(server, catalog) as conn:
             names = json.loads(conn.request("GET", "/v2/_catalog").body)["repositories"]
         if REPO_MANIFESTS not in names:
             raise RuntimeError(
@@ -466,7 +510,7 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
             "push_small_1",
             f"push {sizes.small_blobs} x {_size(sizes.small_bytes)} blobs, 1 client",
             "blob",
-            _clients([push_small_job(REPO_SMALL_ONE, fixture.small_one)]),
+            _clients([push_small_job(REPO_SMALL_ONE, fixture.small_one)], small_one),
         ),
         Phase(
             "push_small_8",
@@ -476,7 +520,8 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
                 [
                     push_small_job(REPO_SMALL_EIGHT, b)
                     for b in split(fixture.small_eight, 8)
-                ]
+                ],
+                small_eight,
             ),
         ),
         Phase(
@@ -484,14 +529,14 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
             f"push {sizes.large_blobs} x {_size(sizes.large_bytes)} blobs "
             f"in {_size(chunk)} chunks, 1 client",
             "byte",
-            _clients([push_chunked_job(REPO_LARGE, fixture.large, chunk)]),
+            _clients([push_chunked_job(REPO_LARGE, fixture.large, chunk)], large),
         ),
         Phase(
             "push_huge",
             f"push 1 x {_size(sizes.huge_bytes)} blob in {_size(chunk)} chunks, "
             "1 client",
             "byte",
-            _clients([push_chunked_job(REPO_HUGE, [fixture.huge], chunk)]),
+            _clients([push_chunked_job(REPO_HUGE, [fixture.huge], chunk)], huge),
         ),
         Phase(
             "push_manifests",
@@ -501,7 +546,8 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
                 [
                     push_manifests_job(REPO_MANIFESTS, m)
                     for m in split(fixture.manifests, 8)
-                ]
+                ],
+                manifests,
             ),
             prepare=prepare_manifests,
         ),
@@ -510,7 +556,7 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
             f"pull {sizes.large_blobs} x {_size(sizes.large_bytes)}, 1 client, "
             "sha256 checked",
             "byte",
-            _clients([pull_job(REPO_LARGE, fixture.large, chunk)]),
+            _clients([pull_job(REPO_LARGE, fixture.large, chunk)], large),
         ),
         Phase(
             "pull_large_4",
@@ -521,7 +567,8 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
                 [
                     pull_job(REPO_LARGE, _rotated(fixture.large, i), chunk)
                     for i in range(4)
-                ]
+                ],
+                large,
             ),
         ),
         Phase(
@@ -533,7 +580,8 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
                 [
                     head_job(REPO_SMALL_EIGHT, fixture.small_eight, heads_each, i * 17)
                     for i in range(8)
-                ]
+                ],
+                small_eight,
             ),
         ),
     ]
@@ -543,7 +591,13 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
                 f"get_manifest_c{connections}",
                 f"GET manifest by tag, {connections} connection(s) (wrk)",
                 "request",
-                _wrk(manifest_target, connections, sizes.wrk_seconds, (accept,)),
+                _wrk(
+                    manifest_target,
+                    connections,
+                    sizes.wrk_seconds,
+                    manifests,
+                    (accept,),
+                ),
                 prepare=prepare_get,
                 latency=True,
             )
@@ -554,7 +608,7 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
             f"GET tags list of {sizes.manifests} tags, "
             f"{sizes.list_connections} connections (wrk)",
             "request",
-            _wrk(tags_target, sizes.list_connections, sizes.wrk_seconds),
+            _wrk(tags_target, sizes.list_connections, sizes.wrk_seconds, manifests),
             prepare=prepare_tags,
             latency=True,
         ),
@@ -562,7 +616,7 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
             "catalog",
             f"GET catalog, {sizes.list_connections} connections (wrk)",
             "request",
-            _wrk("/v2/_catalog", sizes.list_connections, sizes.wrk_seconds),
+            _wrk("/v2/_catalog", sizes.list_connections, sizes.wrk_seconds, catalog),
             prepare=prepare_catalog,
             latency=True,
         ),
@@ -570,12 +624,12 @@ def phases(sizes: Sizes, fixture: Fixture) -> list[Phase]:
     return found
 
 
-def _clients(jobs: list[Job]):
-    return lambda server, watch: run_clients(server, jobs, watch)
+def _clients(jobs: list[Job], scopes: tuple[str, ...]):
+    return lambda server, watch: run_clients(server, jobs, watch, scopes)
 
 
-def _wrk(target: str, connections: int, seconds: int, headers=()):
-    return lambda s, w: run_wrk(s, w, target, connections, seconds, headers)
+def _wrk(target: str, connections: int, seconds: int, scopes, headers=()):
+    return lambda s, w: run_wrk(s, w, target, connections, seconds, headers, scopes)
 
 
 def _rotated(items: list, by: int) -> list:
@@ -590,6 +644,13 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _connection(server: Server) -> contextlib.closing[Connection]:
-    """A connection for untimed steps, closed on exit."""
-    return contextlib.closing(Connection(server.host, server.port, SOCKET_TIMEOUT))
+def _connection(
+    server: Server, scopes: tuple[str, ...]
+) -> contextlib.closing[Connection]:
+    """A connection for untimed steps, with a token for `scopes` when the
+    server wants one, closed on exit."""
+    return contextlib.closing(
+        Connection(
+            server.host, server.port, SOCKET_TIMEOUT, server.authorization(scopes)
+        )
+    )

@@ -2,7 +2,9 @@
 
 The full run takes many minutes and stays out of CI (`make bench`); this
 quick run keeps the harness from rotting: every workload must still run
-against both registries and produce a number for each.
+against both registries and produce a number for each, plain and with
+`--defences` (quaylock with token authentication, every client sending a
+bearer token).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def is_number(value) -> bool:
 
 
 @pytest.mark.slow
-def test_bench_quick_run_reports_every_row_for_both_servers(tmp_path):
+@pytest.mark.parametrize("defences", [False, True], ids=["plain", "defences"])
+def test_bench_quick_run_reports_every_row_for_both_servers(tmp_path, defences):
     for tool, hint in INSTALL.items():
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: {hint}")
@@ -70,6 +73,7 @@ def test_bench_quick_run_reports_every_row_for_both_servers(tmp_path):
     done = subprocess.run(
         [
             sys.executable, str(REPO / "bench" / "run.py"), "--quick",
+            *(["--defences"] if defences else []),
             "--output", str(tmp_path / "results"),
             "--workdir", str(tmp_path / "work"),
         ],
@@ -78,6 +82,10 @@ def test_bench_quick_run_reports_every_row_for_both_servers(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     [path] = (tmp_path / "results").glob("*.json")
     report = json.loads(path.read_text())
+    assert report["settings"]["defences"] is defences
+    # With --defences every request carried a token: without one quaylock
+    # would have answered 401 and the run failed above.
+    assert report["settings"]["quaylock_auth"] == ("token" if defences else "none")
 
     rows = {row["id"]: row for row in report["rows"]}
     assert set(rows) == expected_rows()
