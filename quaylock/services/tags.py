@@ -13,6 +13,7 @@ is written to the audit log like every tag move (`metadata.audit`).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from quaylock import log
@@ -21,6 +22,8 @@ from quaylock.errors import Denied
 from quaylock.metadata import audit
 from quaylock.policy.access import matches
 from quaylock.policy.lookalike import find_lookalikes
+
+_GUARDED_SECONDS = 2.0
 
 # A tag that names a release: versions such as 1.2.3, v2, 2024.01.
 _RELEASE_RE = re.compile(r"v?[0-9]+(\.[0-9]+)*([-+][0-9A-Za-z.-]+)?")
@@ -53,6 +56,7 @@ class TagGuard:
 
     def __init__(self, config: TagsConfig):
         self.config = config
+        self._guarded_cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
 
     def rules_for(self, repository: str) -> list[tuple[int, TagRule]]:
         return [
@@ -109,18 +113,25 @@ class TagGuard:
                 )
             if old is None and new is not None and rule.lookalike != "off":
                 self._check_lookalike(store, c, repository, tag, rule, where, actor)
+                self._remember(repository, tag, rule)
+
+    def _remember(self, repository: str, tag: str, rule: TagRule) -> None:
+        """Add a tag this process creates to the cached guarded tags, so the
+        cache never hides a tag created here."""
+        cached = self._guarded_cache.get((repository, id(rule)))
+        if cached is not None and (
+            _fullmatch_any(rule.protected, tag)
+            or _fullmatch_any(rule.immutable, tag)
+            or _RELEASE_RE.fullmatch(tag)
+        ):
+            cached[1].append(tag)
 
     def _check_lookalike(self, store, c, repository, tag, rule, where, actor) -> None:
         if tag in rule.lookalike_allow:
             return
-        guarded = [
-            t
-            for t in store.tags_matching(c, repository)
-            if _fullmatch_any(rule.protected, t)
-            or _fullmatch_any(rule.immutable, t)
-            or _RELEASE_RE.fullmatch(t)
-        ]
-        found = find_lookalikes(tag, guarded, kind="tag")
+        found = find_lookalikes(
+            tag, self._guarded(store, c, repository, rule), kind="tag"
+        )
         if not found:
             return
         reason = f"new tag {tag!r} in {repository} looks like {found[0].existing!r}: {found[0].reason}"
@@ -144,6 +155,30 @@ class TagGuard:
                 detail=reason,
             ),
         )  # fmt: skip
+
+    def _guarded(self, store, c, repository: str, rule: TagRule) -> list[str]:
+        """The tags a new tag must not resemble: protected, immutable and
+        version tags. Read at most every `_GUARDED_SECONDS` per repository,
+        since the read is linear in the repository's tags and runs inside the
+        writing transaction. Tags this process creates are added at once
+        (`_remember`); one created by another worker in that window is
+        missed, which a heuristic guard can afford."""
+        key = (repository, id(rule))
+        cached = self._guarded_cache.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        guarded = [
+            t
+            for t in store.tags_matching(c, repository)
+            if _fullmatch_any(rule.protected, t)
+            or _fullmatch_any(rule.immutable, t)
+            or _RELEASE_RE.fullmatch(t)
+        ]
+        if len(self._guarded_cache) > 10_000:
+            self._guarded_cache.clear()
+        self._guarded_cache[key] = (now + _GUARDED_SECONDS, guarded)
+        return guarded
 
     def check_new_repository(self, store, repository: str, actor: Actor) -> None:
         """The look-alike guard for a repository that does not exist yet.
