@@ -61,6 +61,9 @@ def _hash(prev_hash: str, record: dict) -> str:
 
 def append(c: sqlite3.Connection, event: AuditEvent) -> None:
     """Append `event`; call inside the write transaction of the change."""
+    # TODO(#5): manifest push fell from 3.6x to 2.55x Distribution once tag
+    # moves wrote audit records and ran tag rules in the writer; profile the
+    # writer thread on a quiet machine (docs/performance.md, "Since then").
     row = c.execute(
         "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
     ).fetchone()
