@@ -291,11 +291,7 @@ LOOKALIKE_MODES = ("deny", "alert", "off")
 
 def _webhook(i: int, raw) -> Webhook:
     where = f"webhooks[{i}]"
-    if isinstance(raw, Webhook):
-        return raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    hook = _build(Webhook, raw, where + ".")
+    hook = _entry(Webhook, raw, where)
     if not hook.url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.url: expected an http:// or https:// URL")
     if not hook.secret_file:
@@ -310,11 +306,7 @@ SIGNATURE_MODES = ("tag", "pull", "audit")
 
 def _signature_policy(i: int, raw) -> SignaturePolicy:
     where = f"signatures.policies[{i}]"
-    if isinstance(raw, SignaturePolicy):
-        return raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    policy = _build(SignaturePolicy, raw, where + ".")
+    policy = _entry(SignaturePolicy, raw, where)
     if policy.mode not in SIGNATURE_MODES:
         raise ConfigError(
             f"{where}.mode: expected one of {', '.join(SIGNATURE_MODES)}, got {policy.mode!r}"
@@ -326,11 +318,7 @@ def _signature_policy(i: int, raw) -> SignaturePolicy:
 
 def _tag_rule(i: int, raw) -> TagRule:
     where = f"tags.rules[{i}]"
-    if isinstance(raw, TagRule):
-        return raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    rule = _build(TagRule, raw, where + ".")
+    rule = _entry(TagRule, raw, where)
     for key in ("repositories", "allow", "immutable", "protected", "lookalike_allow"):
         value = getattr(rule, key)
         if not all(isinstance(v, str) for v in value):
@@ -351,16 +339,23 @@ def _tag_rule(i: int, raw) -> TagRule:
 
 
 AUTH_MODES = ("token", "basic", "none")
+
+
+def _entry(cls, raw, where: str):
+    """One mapping of a list section (a rule, a policy, a webhook) as `cls`."""
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    return _build(cls, raw, where + ".")
+
+
 ACTIONS = ("pull", "push", "delete", "tag-admin", "*")
 
 
 def _rule(i: int, raw) -> AuthRule:
     where = f"auth.rules[{i}]"
-    if isinstance(raw, AuthRule):
-        return raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    rule = _build(AuthRule, raw, where + ".")
+    rule = _entry(AuthRule, raw, where)
     for key in ("subjects", "repositories", "actions"):
         value = getattr(rule, key)
         if (
