@@ -93,6 +93,13 @@ def _strings(body: dict, name: str, required: bool = False) -> list[str] | None:
     return value
 
 
+def _password(body: dict, required: bool = False) -> str | None:
+    password = _field(body, "password", str, required)
+    if password is not None and len(password) < 8:
+        raise BadRequest("password needs at least 8 characters")
+    return password
+
+
 async def list_users(auth: Authenticator, request: Request) -> Response:
     await _admin(auth, request)
     return _json(200, auth.accounts.list_users())
@@ -101,9 +108,7 @@ async def list_users(auth: Authenticator, request: Request) -> Response:
 async def create_user(auth: Authenticator, request: Request) -> Response:
     await _admin(auth, request)
     body = await _body(request)
-    password = _field(body, "password", str, required=True)
-    if len(password) < 8:
-        raise BadRequest("password needs at least 8 characters")
+    password = _password(body, required=True)
     await auth.accounts.add_user(
         _field(body, "name", str, required=True),
         password,
@@ -117,9 +122,7 @@ async def update_user(auth: Authenticator, request: Request) -> Response:
     await _admin(auth, request)
     name = request.params["user"]
     body = await _body(request)
-    if (password := _field(body, "password", str)) is not None:
-        if len(password) < 8:
-            raise BadRequest("password needs at least 8 characters")
+    if (password := _password(body)) is not None:
         await auth.accounts.set_password(name, password)
     if (admin := _field(body, "admin", bool)) is not None:
         await auth.accounts.set_admin(name, admin)
