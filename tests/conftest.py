@@ -144,10 +144,14 @@ def client(server) -> httpx.Client:
         yield c
 
 
+# Tools that scripts/test-deps unpacks into the project rather than installs.
+PROJECT_TOOLS = Path(__file__).resolve().parent.parent / ".tools" / "bin"
+
+
 def require_tool(name: str) -> str:
     """Return the path of a program the test drives; fail (not skip) when absent,
     since `make test` installs it."""
-    path = shutil.which(name)
+    path = shutil.which(name, path=f"{PROJECT_TOOLS}{os.pathsep}{os.environ['PATH']}")
     if path is None:
         pytest.fail(
             f"{name} is not installed; run `make test-deps` (scripts/test-deps)"

@@ -69,7 +69,7 @@ def run(argv: list[str], env: dict | None = None) -> bytes:
 class Skopeo:
     """skopeo with its configuration kept inside the test's tmp_path."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, tool: str = "skopeo"):
         home.mkdir(parents=True, exist_ok=True)
         policy = home / "policy.json"
         policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
@@ -77,7 +77,7 @@ class Skopeo:
         registries_conf.write_text("")
         (home / "registries.d").mkdir(exist_ok=True)
         (home / "tmp").mkdir(exist_ok=True)
-        self.path = require_tool("skopeo")
+        self.path = require_tool(tool)
         self.global_flags = [
             "--policy", str(policy),
             "--registries.d", str(home / "registries.d"),
