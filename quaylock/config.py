@@ -118,7 +118,8 @@ class TagRule:
     immutable: list = field(default_factory=list)
     # Only subjects with the tag-admin right create, move or delete these.
     protected: list = field(default_factory=list)
-    # A new tag that looks like a protected or release tag: deny, alert, off.
+    # A new tag that looks like a protected or release tag: deny, hold (an
+    # admin approves or rejects it), alert (allow, but log and notify), off.
     lookalike: str = "deny"
     # Tags an admin allowed although they look like another.
     lookalike_allow: list = field(default_factory=list)
@@ -131,7 +132,7 @@ def _default_tag_rules() -> list:
 @dataclass
 class TagsConfig:
     rules: list = field(default_factory=_default_tag_rules)
-    # A new repository that looks like an existing one: deny, alert, off.
+    # A new repository that looks like an existing one: deny, hold, alert, off.
     repository_lookalike: str = "alert"
     repository_lookalike_allow: list = field(default_factory=list)
 
@@ -162,8 +163,8 @@ class Webhook:
     # HMAC-SHA256 key for the X-Quaylock-Signature header; read from a file
     # so it stays out of the configuration.
     secret_file: str = ""
-    # Actions to send: tag.create, tag.move, tag.delete, manifest.delete,
-    # push, refused, alert.
+    # Actions to send (WEBHOOK_EVENTS): tag.create, tag.move, tag.delete,
+    # manifest.delete, push, refused, alert, held, hold.approve, hold.reject.
     events: list = field(
         default_factory=lambda: [
             "tag.create",
@@ -171,6 +172,9 @@ class Webhook:
             "tag.delete",
             "refused",
             "alert",
+            "held",
+            "hold.approve",
+            "hold.reject",
         ]
     )
     timeout_seconds: int = 5
@@ -286,7 +290,7 @@ def _check(config: Config) -> None:
     config.webhooks = [_webhook(i, w) for i, w in enumerate(config.webhooks)]
 
 
-LOOKALIKE_MODES = ("deny", "alert", "off")
+LOOKALIKE_MODES = ("deny", "hold", "alert", "off")
 
 
 def _webhook(i: int, raw) -> Webhook:
@@ -298,7 +302,18 @@ def _webhook(i: int, raw) -> Webhook:
         raise ConfigError(
             f"{where}.secret_file: events are signed; name a file with the key"
         )
+    unknown = [e for e in hook.events if e not in WEBHOOK_EVENTS]
+    if not isinstance(hook.events, list) or unknown:
+        raise ConfigError(
+            f"{where}.events: expected a list of {', '.join(WEBHOOK_EVENTS)}"
+        )
     return hook
+
+
+WEBHOOK_EVENTS = (
+    "tag.create", "tag.move", "tag.delete", "manifest.delete", "push",
+    "refused", "alert", "held", "hold.approve", "hold.reject",
+)  # fmt: skip
 
 
 SIGNATURE_MODES = ("tag", "pull", "audit")
@@ -317,12 +332,22 @@ def _signature_policy(i: int, raw) -> SignaturePolicy:
 
 
 def _tag_rule(i: int, raw) -> TagRule:
-    where = f"tags.rules[{i}]"
+    return tag_rule(raw, f"tags.rules[{i}]")
+
+
+def tag_rule(raw, where: str) -> TagRule:
+    """A tag rule from the configuration file or the admin API.
+
+    Raises:
+        ConfigError: naming the key under `where` that is wrong.
+    """
     rule = _entry(TagRule, raw, where)
     for key in ("repositories", "allow", "immutable", "protected", "lookalike_allow"):
         value = getattr(rule, key)
-        if not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}.{key}: expected a list of strings")
+    if not rule.repositories:
+        raise ConfigError(f"{where}.repositories: expected at least one pattern")
     for key in ("allow", "immutable", "protected"):
         for pattern in getattr(rule, key):
             try:

@@ -22,7 +22,8 @@ and an OCI error code in one table. Drivers raise their own errors
     ├── PaginationInvalid        `n` or `last` cannot be used
     ├── Unauthorized             authentication is required
     ├── Denied                   the subject may not do this
-    │   └── InUse                delete of content a manifest still refers to
+    │   ├── InUse                delete of content a manifest still refers to
+    │   └── Held                 a look-alike name waits for an admin
     ├── TooManyRequests          a rate limit refused the request
     ├── Unsupported              an operation or algorithm we do not offer
     ├── MethodNotAllowed         the route exists, the method does not
@@ -120,6 +121,11 @@ class Denied(RegistryError):
 
 class InUse(Denied):
     pass
+
+
+class Held(Denied):
+    """A new tag or repository name looks like an existing one, and its rule
+    says "hold": an admin must approve it (`quaylock tag holds`)."""
 
 
 class TooManyRequests(RegistryError):

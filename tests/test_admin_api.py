@@ -79,6 +79,13 @@ def test_admin_manages_users_and_robots(registry):
         ("POST", "/admin/v1/users", {"name": "x", "password": "12345678"}),
         ("DELETE", "/admin/v1/users/admin", None),
         ("POST", "/admin/v1/robots", {"name": "r", "owner": "admin"}),
+        ("GET", "/admin/v1/tag-rules", None),
+        ("POST", "/admin/v1/tag-rules", {"protected": [".*"]}),
+        ("DELETE", "/admin/v1/tag-rules/1", None),
+        ("GET", "/admin/v1/allowed-names", None),
+        ("POST", "/admin/v1/allowed-names", {"kind": "repository", "name": "x"}),
+        ("GET", "/admin/v1/holds", None),
+        ("POST", "/admin/v1/holds/1", {"decision": "approve"}),
     ],
 )
 def test_non_admins_are_refused(registry, method, path, body):

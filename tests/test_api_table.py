@@ -19,8 +19,8 @@ from tests.helpers import (
     error_code,
     image_manifest,
     push_blob,
-    push_manifest,
     push_image,
+    push_manifest,
     sha256,
     unique_repo,
 )

@@ -1,4 +1,5 @@
-"""The admin HTTP API: users and robot accounts, for admins only.
+"""The admin HTTP API, for admins only: accounts, tag rules, look-alike
+names, and signature status.
 
     GET    /admin/v1/users              list users
     POST   /admin/v1/users              {"name", "password", "admin"?, "groups"?}
@@ -8,33 +9,53 @@
     POST   /admin/v1/robots             {"name", "owner", "repositories", "actions",
                                          "expires_in_seconds"?} -> {"name", "secret"}
     DELETE /admin/v1/robots/<name>      revoke at once
+    GET    /admin/v1/tag-rules          configured rules, then stored ones
+    POST   /admin/v1/tag-rules          a rule, as in tags.rules -> {"id"}
+    DELETE /admin/v1/tag-rules/<id>     remove a stored rule
+    GET    /admin/v1/allowed-names      names allowed although they look like others
+    POST   /admin/v1/allowed-names      {"kind": "tag"|"repository", "repository"?, "name"}
+    DELETE /admin/v1/allowed-names?kind=K&repository=R&name=N
+    GET    /admin/v1/holds?state=S      held look-alike names (default pending)
+    POST   /admin/v1/holds/<id>         {"decision": "approve"|"reject"}
     GET    /admin/v1/signatures?repository=R&digest=D
                                         signature status of a manifest under
                                         the policy for R (policy.signatures)
 
 Callers authenticate with Basic credentials of an admin user, or with a
 bearer token of ours for an admin user that holds the scope
-``registry:admin:*`` (so a leaked pull token of an admin manages nothing). Robots never act as
-admins here, whatever their owner is. With authentication off the API is
-off too: there would be no one to tell admins from others.
+``registry:admin:*`` (so a leaked pull token of an admin manages nothing).
+Robots never act as admins here, whatever their owner is. With
+authentication off the API is off too: there would be no one to tell admins
+from others.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from quaylock import oci
-
-from quaylock.api.http import JSON, Request, Response
+from quaylock.api.http import JSON, Request, Response, actor_of
 from quaylock.errors import BadRequest, Denied, Unauthorized
 from quaylock.policy.accounts import Subject
 from quaylock.policy.auth import Authenticator, decode_basic
 from quaylock.policy.tokens import InvalidToken
+from quaylock.services.registry import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What admin handlers act on."""
+
+    auth: Authenticator
+    registry: Registry
+
 
 _BODY_MAX_BYTES = 64 * 1024
 
 
-async def _admin(auth: Authenticator, request: Request) -> Subject:
+async def _admin(services: Services, request: Request) -> Subject:
+    auth = services.auth
     header = request.headers.get("authorization", "")
     kind, _, value = header.partition(" ")
     subject = None
@@ -100,13 +121,15 @@ def _password(body: dict, required: bool = False) -> str | None:
     return password
 
 
-async def list_users(auth: Authenticator, request: Request) -> Response:
-    await _admin(auth, request)
+async def list_users(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    auth = services.auth
     return _json(200, auth.accounts.list_users())
 
 
-async def create_user(auth: Authenticator, request: Request) -> Response:
-    await _admin(auth, request)
+async def create_user(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    auth = services.auth
     body = await _body(request)
     password = _password(body, required=True)
     await auth.accounts.add_user(
@@ -118,8 +141,9 @@ async def create_user(auth: Authenticator, request: Request) -> Response:
     return _json(201, {"name": body["name"]})
 
 
-async def update_user(auth: Authenticator, request: Request) -> Response:
-    await _admin(auth, request)
+async def update_user(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    auth = services.auth
     name = request.params["user"]
     body = await _body(request)
     if (password := _password(body)) is not None:
@@ -133,21 +157,24 @@ async def update_user(auth: Authenticator, request: Request) -> Response:
     return _json(200, {"name": name})
 
 
-async def delete_user(auth: Authenticator, request: Request) -> Response:
-    subject = await _admin(auth, request)
+async def delete_user(services: Services, request: Request) -> Response:
+    subject = await _admin(services, request)
+    auth = services.auth
     if request.params["user"] == subject.name:
         raise Denied("an admin cannot delete itself")
     await auth.accounts.delete_user(request.params["user"])
     return Response(204)
 
 
-async def list_robots(auth: Authenticator, request: Request) -> Response:
-    await _admin(auth, request)
+async def list_robots(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    auth = services.auth
     return _json(200, auth.accounts.list_robots())
 
 
-async def create_robot(auth: Authenticator, request: Request) -> Response:
-    await _admin(auth, request)
+async def create_robot(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    auth = services.auth
     body = await _body(request)
     actions = _strings(body, "actions", required=True)
     unknown = [a for a in actions if a not in ("pull", "push", "delete")]
@@ -168,15 +195,16 @@ async def create_robot(auth: Authenticator, request: Request) -> Response:
     return _json(201, {"name": f"robot${name}", "secret": secret})
 
 
-async def revoke_robot(auth: Authenticator, request: Request) -> Response:
-    await _admin(auth, request)
+async def revoke_robot(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    auth = services.auth
     await auth.accounts.revoke_robot(request.params["robot"])
     return Response(204)
 
 
-async def signature_status(auth: Authenticator, request: Request) -> Response:
-    await _admin(auth, request)
-    registry = request.scope["quaylock.registry"]
+async def signature_status(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    registry = services.registry
     repository = request.query.get("repository", "")
     digest = request.query.get("digest", "")
     oci.check_name(repository)
@@ -198,3 +226,77 @@ async def signature_status(auth: Authenticator, request: Request) -> Response:
             "reason": verdict.reason,
         },
     )
+
+
+# Tag rules, allowed names, held names (services.tag_admin)
+
+
+async def list_tag_rules(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    return _json(200, services.registry.tag_admin.rules())
+
+
+async def add_tag_rule(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    body = await _body(request)
+    rule_id = await services.registry.tag_admin.add_rule(body, actor_of(request))
+    return _json(201, {"id": rule_id, "label": f"tag rule {rule_id}"})
+
+
+async def delete_tag_rule(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    await services.registry.tag_admin.delete_rule(
+        int(request.params["rule"]), actor_of(request)
+    )
+    return Response(204)
+
+
+async def list_allowed_names(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    return _json(200, services.registry.tag_admin.allowed())
+
+
+def _name_fields(values) -> tuple[str, str, str]:
+    kind, repository, name = (values.get(k) for k in ("kind", "repository", "name"))
+    if not isinstance(kind, str) or not isinstance(name, str):
+        raise BadRequest("kind and name are required strings")
+    if kind == "tag" and not isinstance(repository, str):
+        raise BadRequest("repository is required for a tag name")
+    return kind, repository or "", name
+
+
+async def add_allowed_name(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    kind, repository, name = _name_fields(await _body(request))
+    await services.registry.tag_admin.allow(kind, repository, name, actor_of(request))
+    return _json(201, {"kind": kind, "repository": repository, "name": name})
+
+
+async def delete_allowed_name(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    kind, repository, name = _name_fields(request.query)
+    await services.registry.tag_admin.disallow(
+        kind, repository, name, actor_of(request)
+    )
+    return Response(204)
+
+
+async def list_holds(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    state = request.query.get("state", "pending")
+    holds = services.registry.tag_admin.holds(None if state == "all" else state)
+    return _json(200, [hold.as_json() for hold in holds])
+
+
+async def decide_hold(services: Services, request: Request) -> Response:
+    await _admin(services, request)
+    decision = _field(await _body(request), "decision", str, required=True)
+    tag_admin = services.registry.tag_admin
+    hold_id = int(request.params["hold"])
+    if decision == "approve":
+        hold = await tag_admin.approve(hold_id, actor_of(request))
+    elif decision == "reject":
+        hold = await tag_admin.reject(hold_id, actor_of(request))
+    else:
+        raise BadRequest(f"decision must be approve or reject, got {decision[:20]!r}")
+    return _json(200, hold.as_json())

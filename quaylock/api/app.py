@@ -156,6 +156,39 @@ ADMIN_ROUTES = [
         POST=admin.create_robot,
     ),
     _route(
+        "/admin/v1/tag-rules",
+        r"/admin/v1/tag-rules",
+        None,
+        GET=admin.list_tag_rules,
+        POST=admin.add_tag_rule,
+    ),
+    _route(
+        "/admin/v1/tag-rules/{rule}",
+        r"/admin/v1/tag-rules/(?P<rule>[0-9]{1,18})",
+        None,
+        DELETE=admin.delete_tag_rule,
+    ),
+    _route(
+        "/admin/v1/allowed-names",
+        r"/admin/v1/allowed-names",
+        None,
+        GET=admin.list_allowed_names,
+        POST=admin.add_allowed_name,
+        DELETE=admin.delete_allowed_name,
+    ),
+    _route(
+        "/admin/v1/holds",
+        r"/admin/v1/holds",
+        None,
+        GET=admin.list_holds,
+    ),
+    _route(
+        "/admin/v1/holds/{hold}",
+        r"/admin/v1/holds/(?P<hold>[0-9]{1,18})",
+        None,
+        POST=admin.decide_hold,
+    ),
+    _route(
         "/admin/v1/signatures",
         r"/admin/v1/signatures",
         None,
@@ -211,6 +244,7 @@ class App:
         self.registry = registry
         self.auth = auth
         self.log_requests = log_requests
+        self._admin = admin.Services(auth, registry) if auth is not None else None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -260,8 +294,10 @@ class App:
             if route.needs is None:
                 if self.auth is None:
                     raise NotFound("authentication is off: there is no token endpoint")
-                scope["quaylock.registry"] = self.registry
-                response = await handler(self.auth, request)
+                if route.template.startswith("/admin/"):
+                    response = await handler(self._admin, request)
+                else:
+                    response = await handler(self.auth, request)
             else:
                 if self.auth is not None:
                     request.subject = await self.auth.check(

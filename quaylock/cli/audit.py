@@ -1,4 +1,5 @@
-"""`quaylock audit verify`, `quaylock tag history` and `quaylock tag rollback`."""
+"""`quaylock audit verify`, and `quaylock tag` history, rollback and held
+look-alike names (holds, approve, reject)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,19 @@ def add_parsers(commands) -> None:
     rollback.add_argument(
         "--as", dest="actor", default="cli", help="name for the audit log"
     )
+    holds = verbs.add_parser("holds", help="look-alike names held for an admin")
+    holds.add_argument(
+        "--state", default="pending", choices=("pending", "approved", "rejected", "all")
+    )
+    for verb, what in (
+        ("approve", "allow a held name (and point a held tag at its digest)"),
+        ("reject", "refuse a held name"),
+    ):
+        decide = verbs.add_parser(verb, help=what)
+        decide.add_argument("hold", type=int, help="the hold's number")
+        decide.add_argument(
+            "--as", dest="actor", default="cli", help="name for the audit log"
+        )
 
 
 def _common(parser) -> None:
@@ -70,6 +84,8 @@ def run(args) -> int:
                 file=sys.stderr,
             )
             return 1
+        if args.verb in ("holds", "approve", "reject"):
+            return asyncio.run(_holds(config, store, args))
         repository, tag = _split(args.reference)
         if args.verb == "history":
             for record in audit.tag_history(store, repository, tag):
@@ -83,10 +99,33 @@ def run(args) -> int:
         store.close()
 
 
-async def _rollback(config, store, repository: str, tag: str, args) -> int:
+def _registry(config, store):
     from quaylock.services.registry import Registry
-    from quaylock.services.tags import Actor
     from quaylock.storage.drivers.filesystem import FilesystemDriver
+
+    return Registry(config, FilesystemDriver(str(config.storage_root)), store)
+
+
+async def _holds(config, store, args) -> int:
+    from quaylock.services.tags import Actor
+
+    tag_admin = _registry(config, store).tag_admin
+    if args.verb == "holds":
+        state = None if args.state == "all" else args.state
+        for hold in tag_admin.holds(state):
+            print(json.dumps(hold.as_json()))
+        return 0
+    actor = Actor(f"cli:{args.actor}")
+    if args.verb == "approve":
+        hold = await tag_admin.approve(args.hold, actor)
+    else:
+        hold = await tag_admin.reject(args.hold, actor)
+    print(json.dumps(hold.as_json()))
+    return 0
+
+
+async def _rollback(config, store, repository: str, tag: str, args) -> int:
+    from quaylock.services.tags import Actor
 
     target = args.to
     if target is None:
@@ -100,7 +139,7 @@ async def _rollback(config, store, repository: str, tag: str, args) -> int:
             )
             return 1
         target = moves[-1]["old_digest"]
-    registry = Registry(config, FilesystemDriver(str(config.storage_root)), store)
+    registry = _registry(config, store)
     # The operator on the machine holds every right; the tag rules that bind
     # everyone (immutable tags, naming) still apply.
     old = await registry.set_tag(repository, tag, target, Actor(f"cli:{args.actor}"))

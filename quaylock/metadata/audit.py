@@ -43,7 +43,10 @@ _FIELDS = (
 
 @dataclass(slots=True)
 class AuditEvent:
-    action: str  # push, tag.create, tag.move, tag.delete, manifest.delete, refused
+    # push, tag.create, tag.move, tag.delete, manifest.delete, refused, alert,
+    # held, hold.approve, hold.reject, rule.add, rule.delete, allow.add,
+    # allow.delete
+    action: str
     subject: str
     client: str | None = None
     user_agent: str | None = None

@@ -120,6 +120,46 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_log_tag ON audit_log (repository, tag, seq);
     """,
+    # 4: what admins change at run time: tag rules beyond the configuration
+    # file, names allowed although they look like others, and look-alike
+    # names held for a decision. policy_version grows with every change, so
+    # each process reloads its copy when it sees a new number.
+    """
+    CREATE TABLE tag_rules (
+        id INTEGER PRIMARY KEY,
+        rule TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE allowed_names (
+        kind TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (kind, repository, name)
+    );
+    CREATE TABLE holds (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        name TEXT NOT NULL,
+        digest TEXT,
+        reason TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        client TEXT,
+        created_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        decided_by TEXT,
+        decided_at REAL
+    );
+    CREATE INDEX holds_pending ON holds (state, kind, repository, name);
+    CREATE TABLE policy_version (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version BIGINT NOT NULL
+    );
+    INSERT INTO policy_version VALUES (1, 0);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -139,6 +139,11 @@ class SQLiteStore:
         anything cached from the database may be stale."""
         return self._reader.execute("PRAGMA data_version").fetchone()[0]
 
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(connection)` on the read connection (on the event loop:
+        keep it to indexed lookups)."""
+        return fn(self._reader)
+
     def read_one(self, sql: str, args: tuple = ()) -> tuple | None:
         return self._reader.execute(sql, args).fetchone()
 
@@ -348,7 +353,9 @@ class SQLiteStore:
 
         `hook(connection, digest the tag pointed at or None)` runs inside the
         transaction before the tag moves: it may refuse (raise) and it may
-        write (the audit record), so check and move are one atomic step.
+        write (the audit record), so check and move are one atomic step. A
+        hook that returns False keeps the manifest but leaves the tag alone
+        (a look-alike tag held for an admin).
 
         Raises:
             ManifestBlobUnknown: a reference is not visible in the repository.
@@ -407,8 +414,8 @@ class SQLiteStore:
                     (repository_id, tag),
                 ).fetchone()
                 old = row[0] if row else None
-            if hook is not None:
-                hook(c, old)
+            if hook is not None and hook(c, old) is False:
+                return
             if tag is not None and old != manifest.digest:
                 c.execute(
                     "INSERT INTO tags VALUES (?, ?, ?, ?) ON CONFLICT (repository_id, name) "

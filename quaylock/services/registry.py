@@ -17,22 +17,23 @@ from quaylock.errors import (
     BlobUnknown,
     Denied,
     DigestInvalid,
+    Held,
     ManifestUnknown,
     MethodNotAllowed,
     NameUnknown,
     PaginationInvalid,
     TooLarge,
 )
-from quaylock.metadata import audit
+from quaylock.metadata import audit, policy
 from quaylock.metadata.store import ManifestRecord, SQLiteStore
 from quaylock.oci import Digest
 from quaylock.services.manifests import parse_manifest
 from quaylock.services.signing import SignatureChecker
+from quaylock.services.tag_admin import TagAdmin
 from quaylock.services.tags import Actor, TagGuard
 from quaylock.services.uploads import UploadService
 from quaylock.services.webhooks import Webhooks
 from quaylock.storage.driver import BlobDriver
-
 
 # The actor of operations that no request started (the command line).
 SYSTEM = Actor("system")
@@ -71,7 +72,8 @@ class Registry:
         self.driver = driver
         self.store = store
         self.uploads = UploadService(driver, store)
-        self.tags = TagGuard(config.tags)
+        self.tags = TagGuard(config.tags, store)
+        self.tag_admin = TagAdmin(self)
         self.signing = SignatureChecker(config.signatures, store, driver)
         self.webhooks = Webhooks(config.webhooks)
 
@@ -185,27 +187,32 @@ class Registry:
             subject=parsed.subject,
             annotations=parsed.annotations,
         )
-        if not await self.store.repository_exists(repository):
-            await self._refused_if(
-                actor,
-                repository,
-                tag,
-                self.tags.check_new_repository,
-                self.store,
-                repository,
-                actor,
-            )
+        await self.check_new_repository(repository, actor, tag)
         if tag is not None:
             await self._refused_if(
                 actor, repository, tag,
                 self.signing.require_for_tag, repository, tag, record.digest,
             )  # fmt: skip
 
-        def hook(c, old: str | None) -> None:
+        def hook(c, old: str | None) -> bool:
             if tag is not None:
-                self.tags.check_move(
-                    self.store, c, repository, tag, old, record.digest, actor
-                )
+                try:
+                    self.tags.check_move(
+                        self.store, c, repository, tag, old, record.digest, actor
+                    )
+                except Held as exc:
+                    # Keep the manifest, leave the tag: an admin decides.
+                    hold_id = policy.add_hold(
+                        c, "tag", repository, tag, record.digest, exc.message,
+                        actor.subject, actor.client,
+                    )  # fmt: skip
+                    held.append((hold_id, exc.message))
+                    emitted.append(_event(
+                        "held", actor, repository, tag, old, record.digest,
+                        f"hold {hold_id}: {exc.message}",
+                    ))  # fmt: skip
+                    audit.append(c, emitted[-1])
+                    return False
             action = (
                 "push"
                 if tag is None or old == record.digest
@@ -213,22 +220,62 @@ class Registry:
             )
             emitted.append(_event(action, actor, repository, tag, old, record.digest))
             audit.append(c, emitted[-1])
+            return True
 
         emitted: list[audit.AuditEvent] = []
+        held: list[tuple[int, str]] = []
         await self._refused_if(
             actor, repository, tag,
             self.store.put_manifest, repository, record, parsed.references, tag, hook,
             emitted=emitted,
         )  # fmt: skip
+        if held:
+            hold_id, reason = held[0]
+            raise Held(
+                f"{reason}: held for an admin as hold {hold_id}. The manifest is "
+                f"stored as {record.digest}; {tag!r} will point at it once an "
+                f"admin approves (quaylock tag approve {hold_id})"
+            )
         return record
 
-    async def check_new_repository(self, repository: str, actor: Actor) -> None:
-        """The look-alike guard, before anything creates `repository`."""
-        if not await self.store.repository_exists(repository):
+    async def check_new_repository(
+        self, repository: str, actor: Actor, tag: str | None = None
+    ) -> None:
+        """The look-alike guard, before anything creates `repository`.
+
+        Raises:
+            Denied: the name looks like an existing repository's.
+            Held: it does, and the mode is hold; the name is recorded for an
+                admin, and the client pushes again once it is approved.
+        """
+        if await self.store.repository_exists(repository):
+            return
+        try:
             await self._refused_if(
-                actor, repository, None,
+                actor, repository, tag,
                 self.tags.check_new_repository, self.store, repository, actor,
             )  # fmt: skip
+        except Held as exc:
+            reason = exc.message
+
+            def record(c) -> tuple[int, audit.AuditEvent]:
+                hold_id = policy.add_hold(
+                    c, "repository", "", repository, None, reason,
+                    actor.subject, actor.client,
+                )  # fmt: skip
+                event = _event(
+                    "held", actor, repository, tag, None, None,
+                    f"hold {hold_id}: {reason}",
+                )  # fmt: skip
+                audit.append(c, event)
+                return hold_id, event
+
+            hold_id, event = await self.store.write(record)
+            self.webhooks.emit(event)
+            raise Held(
+                f"{reason}: held for an admin as hold {hold_id}; push again "
+                f"once an admin approves (quaylock tag approve {hold_id})"
+            ) from None
 
     async def set_tag(
         self, repository: str, tag: str, digest: str, actor: Actor = SYSTEM
@@ -269,6 +316,8 @@ class Registry:
             result = fn(*args)
             if hasattr(result, "__await__"):
                 result = await result
+        except Held:
+            raise  # the caller records the hold
         except Denied as exc:
             event = _event("refused", actor, repository, tag, None, None, exc.message)
             await self.store.write(lambda c: audit.append(c, event), durable=False)

@@ -8,6 +8,12 @@ one winner: the second sees the first's tag and is refused.
 
 Each refusal names the rule that fired, in words a person can act on, and
 is written to the audit log like every tag move (`metadata.audit`).
+
+Rules come from the configuration file (``tags.rules[i]``) and from admins at
+run time (``tag rule <id>``, `metadata.policy`), in that order; so do the
+names an admin allowed although they look like others. A look-alike under
+mode ``hold`` raises `Held`: the caller parks the name (`metadata.policy`
+holds) until an admin approves or rejects it.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ import time
 from dataclasses import dataclass
 
 from quaylock import log
-from quaylock.config import TagRule, TagsConfig
-from quaylock.errors import Denied
-from quaylock.metadata import audit
+from quaylock.config import TagRule, TagsConfig, tag_rule
+from quaylock.errors import Denied, Held
+from quaylock.metadata import audit, policy
 from quaylock.policy.access import matches
 from quaylock.policy.lookalike import find_lookalikes
 
@@ -48,22 +54,50 @@ def _fullmatch_any(patterns: list[str], tag: str) -> str | None:
 
 
 class TagGuard:
-    """Applies `tags` settings to tag creates, moves and deletes.
+    """Applies `tags` settings, and the rules and allowed names that admins
+    stored, to tag creates, moves and deletes.
 
     Args:
         config: the `tags` section.
+        store: the metadata store, for the stored rules and allowed names.
     """
 
-    def __init__(self, config: TagsConfig):
+    def __init__(self, config: TagsConfig, store):
         self.config = config
+        self.store = store
         self._guarded_cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        # (policy version, [(label, rule)], allowed names) as last loaded.
+        self._loaded: tuple[int, list[tuple[str, TagRule]], frozenset] = (
+            -1,
+            [],
+            frozenset(),
+        )
 
-    def rules_for(self, repository: str) -> list[tuple[int, TagRule]]:
+    def _current(self, c=None) -> tuple[int, list[tuple[str, TagRule]], frozenset]:
+        """Configured plus stored rules, and allowed names; reloaded when an
+        admin changed them (one indexed read otherwise). `c` is the writer's
+        connection inside a transaction, None on the event loop."""
+        read = (lambda fn: fn(c)) if c is not None else self.store.read
+        version = read(policy.version)
+        loaded = self._loaded
+        if version == loaded[0]:
+            return loaded
+        rules = [(f"tags.rules[{i}]", rule) for i, rule in enumerate(self.config.rules)]
+        for rule_id, raw in read(policy.stored_rules):
+            rules.append((f"tag rule {rule_id}", tag_rule(raw, f"tag rule {rule_id}")))
+        self._loaded = (version, rules, read(policy.allowed_names))
+        self._guarded_cache.clear()
+        return self._loaded
+
+    def rules_for(self, repository: str, c=None) -> list[tuple[str, TagRule]]:
         return [
-            (i, rule)
-            for i, rule in enumerate(self.config.rules)
+            (label, rule)
+            for label, rule in self._current(c)[1]
             if any(matches(p, repository) for p in rule.repositories)
         ]
+
+    def _allowed(self, kind: str, repository: str, name: str, c=None) -> bool:
+        return (kind, repository, name) in self._current(c)[2]
 
     def check_name(self, repository: str, tag: str) -> None:
         """The naming rule, checked before anything is stored.
@@ -71,10 +105,10 @@ class TagGuard:
         Raises:
             Denied: no `allow` pattern of a matching rule admits the tag.
         """
-        for i, rule in self.rules_for(repository):
+        for where, rule in self.rules_for(repository):
             if rule.allow and _fullmatch_any(rule.allow, tag) is None:
                 raise Denied(
-                    f"tag {tag!r} is not allowed in {repository} by tags.rules[{i}]: "
+                    f"tag {tag!r} is not allowed in {repository} by {where}: "
                     f"tags there must match one of {', '.join(rule.allow)}"
                 )
 
@@ -97,8 +131,7 @@ class TagGuard:
         """
         if old == new:
             return  # a re-push of the same digest changes nothing
-        for i, rule in self.rules_for(repository):
-            where = f"tags.rules[{i}]"
+        for where, rule in self.rules_for(repository, c):
             if old is not None and (pattern := _fullmatch_any(rule.immutable, tag)):
                 verb = "deleted" if new is None else "moved"
                 raise Denied(
@@ -127,7 +160,7 @@ class TagGuard:
             cached[1].append(tag)
 
     def _check_lookalike(self, store, c, repository, tag, rule, where, actor) -> None:
-        if tag in rule.lookalike_allow:
+        if tag in rule.lookalike_allow or self._allowed("tag", repository, tag, c):
             return
         found = find_lookalikes(
             tag, self._guarded(store, c, repository, rule), kind="tag"
@@ -135,26 +168,14 @@ class TagGuard:
         if not found:
             return
         reason = f"new tag {tag!r} in {repository} looks like {found[0].existing!r}: {found[0].reason}"
-        # TODO(#5): a "hold" mode that parks the tag until an admin approves.
         if rule.lookalike == "deny":
             raise Denied(
-                f"{reason} ({where}.lookalike is deny); an admin can allow it in "
-                f"{where}.lookalike_allow"
+                f"{reason} ({where} lookalike is deny); an admin can allow the "
+                f"name (POST /admin/v1/allowed-names) or add it to lookalike_allow"
             )
-        log.event(
-            log.logger,
-            30,
-            "look-alike tag allowed",
-            detail=reason,
-            subject=actor.subject,
-        )
-        audit.append(
-            c,
-            audit.AuditEvent(
-                "alert", actor.subject, actor.client, actor.user_agent, repository, tag,
-                detail=reason,
-            ),
-        )  # fmt: skip
+        if rule.lookalike == "hold":
+            raise Held(f"{reason} ({where} lookalike is hold)")
+        _alert(c, actor, repository, tag, reason, "look-alike tag allowed")
 
     def _guarded(self, store, c, repository: str, rule: TagRule) -> list[str]:
         """The tags a new tag must not resemble: protected, immutable and
@@ -185,9 +206,14 @@ class TagGuard:
 
         Raises:
             Denied: it looks like an existing one and the mode is deny.
+            Held: it does and the mode is hold.
         """
         mode = self.config.repository_lookalike
-        if mode == "off" or repository in self.config.repository_lookalike_allow:
+        if (
+            mode == "off"
+            or repository in self.config.repository_lookalike_allow
+            or self._allowed("repository", "", repository)
+        ):
             return
         existing = store.read_all(
             "SELECT name FROM repositories ORDER BY name LIMIT 10000"
@@ -202,12 +228,22 @@ class TagGuard:
         if mode == "deny":
             raise Denied(
                 f"{reason} (tags.repository_lookalike is deny); an admin can allow "
-                "it in tags.repository_lookalike_allow"
+                "the name (POST /admin/v1/allowed-names) or add it to "
+                "tags.repository_lookalike_allow"
             )
-        log.event(
-            log.logger,
-            30,
-            "look-alike repository allowed",
-            detail=reason,
-            subject=actor.subject,
-        )
+        if mode == "hold":
+            raise Held(f"{reason} (tags.repository_lookalike is hold)")
+        _alert(None, actor, repository, None, reason, "look-alike repository allowed")
+
+
+def _alert(c, actor: Actor, repository: str, tag: str | None, reason: str, what: str):
+    """Log an allowed look-alike and, inside a transaction, audit it."""
+    log.event(log.logger, 30, what, detail=reason, subject=actor.subject)
+    if c is not None:
+        audit.append(
+            c,
+            audit.AuditEvent(
+                "alert", actor.subject, actor.client, actor.user_agent, repository, tag,
+                detail=reason,
+            ),
+        )  # fmt: skip
