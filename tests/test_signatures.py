@@ -797,12 +797,17 @@ class PKI:
 LEAF_ALGORITHMS = {"ec-p256": "ES256", "ec-p384": "ES384", "rsa-2048": "PS256"}
 
 
-@pytest.fixture(scope="module", params=sorted(LEAF_ALGORITHMS))
-def pki(request) -> PKI:
+def new_pki(kind: str) -> PKI:
+    """A root, an intermediate and a code-signing leaf with a `kind` key."""
     root = make_ca("quaylock test root")
     intermediate = make_ca("quaylock test intermediate", issuer=root)
-    leaf = make_leaf(intermediate, request.param)
-    return PKI(root, intermediate, leaf, LEAF_ALGORITHMS[request.param])
+    leaf = make_leaf(intermediate, kind)
+    return PKI(root, intermediate, leaf, LEAF_ALGORITHMS[kind])
+
+
+@pytest.fixture(scope="module", params=sorted(LEAF_ALGORITHMS))
+def pki(request) -> PKI:
+    return new_pki(request.param)
 
 
 def b64url(data: bytes) -> str:

@@ -698,6 +698,15 @@ def _parse_x5c(unprotected: dict) -> list[x509.Certificate]:
 
 
 def _check_jws_signature(parts: _JWS, alg: str, leaf: x509.Certificate) -> None:
+    signing_input = f"{parts.protected_b64}.{parts.payload_b64}".encode("ascii")
+    _check_leaf_signature(alg, leaf, signing_input, parts.signature)
+
+
+def _check_leaf_signature(
+    alg: str, leaf: x509.Certificate, signed: bytes, signature: bytes
+) -> None:
+    """Check `signature` over `signed` by the leaf's key, with `alg` (a JWS
+    name; COSE's numbers map onto these) matching that key."""
     key = leaf.public_key()
     if isinstance(key, rsa.RSAPublicKey):
         expected = _RSA_ALG.get(key.key_size)
@@ -712,17 +721,15 @@ def _check_jws_signature(parts: _JWS, alg: str, leaf: x509.Certificate) -> None:
     if alg != expected:
         raise _Reject(f"alg {alg} does not match the signing key ({expected})")
 
-    signing_input = f"{parts.protected_b64}.{parts.payload_b64}".encode("ascii")
     algorithm = _ALG_HASH[alg]()
     try:
         if isinstance(key, rsa.RSAPublicKey):
             pss = padding.PSS(
                 mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size
             )
-            key.verify(parts.signature, signing_input, pss, algorithm)
+            key.verify(signature, signed, pss, algorithm)
         else:
-            signature = _der_from_raw(parts.signature, key)
-            key.verify(signature, signing_input, ec.ECDSA(algorithm))
+            key.verify(_der_from_raw(signature, key), signed, ec.ECDSA(algorithm))
     except InvalidSignature as error:
         raise _Reject(
             "envelope signature does not verify with the signing certificate "
@@ -874,8 +881,18 @@ def _check_target(payload: bytes, subject_digest: str) -> None:
 
 def _check_times(chain: list[x509.Certificate], header: dict, now: dt.datetime) -> None:
     signing_time = _rfc3339(header[_SIGNING_TIME], _SIGNING_TIME)
-    if _EXPIRY in header and now >= _rfc3339(header[_EXPIRY], _EXPIRY):
-        raise _Reject(f"signature expired at {header[_EXPIRY]}")
+    expiry = _rfc3339(header[_EXPIRY], _EXPIRY) if _EXPIRY in header else None
+    _check_validity(chain, signing_time, expiry, now)
+
+
+def _check_validity(
+    chain: list[x509.Certificate],
+    signing_time: dt.datetime,
+    expiry: dt.datetime | None,
+    now: dt.datetime,
+) -> None:
+    if expiry is not None and now >= expiry:
+        raise _Reject(f"signature expired at {expiry:%Y-%m-%dT%H:%M:%SZ}")
     # Without a verified timestamp, the spec asks every certificate to be
     # valid at verification time; and all must have been valid when it
     # claims to have signed.

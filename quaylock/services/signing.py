@@ -4,8 +4,9 @@ For a repository matched by a policy, a manifest counts as signed when one
 of its signatures verifies against the policy's trust roots and names the
 manifest's exact digest (and, for cosign, this repository). Signatures are
 found where clients put them: the cosign tag ``sha256-<hex>.sig`` in the
-same repository, and OCI 1.1 referrers (cosign and notation). The checks
-themselves are in `policy.signatures`.
+same repository, and OCI 1.1 referrers (cosign, and notation in its JWS and
+COSE envelopes). The checks themselves are in `policy.signatures` and
+`policy.notation_cose`.
 
 Modes:
 
@@ -29,6 +30,7 @@ from collections import OrderedDict
 from quaylock.config import SignaturePolicy, SignaturesConfig
 from quaylock.errors import Denied
 from quaylock.policy.access import matches
+from quaylock.policy.notation_cose import verify_notation_cose
 from quaylock.policy.signatures import (
     TrustRoot,
     Verdict,
@@ -88,8 +90,10 @@ class SignatureChecker:
         reasons = []
         for content in await self._signature_manifests(repository, digest):
             for layer in signature_layers(content)[:_MAX_SIGNATURES]:
-                if layer.size > _MAX_LAYER_BYTES or layer.kind == "notation-cose":
-                    reasons.append(f"{layer.kind} signature not checked")
+                if layer.size > _MAX_LAYER_BYTES:
+                    reasons.append(
+                        f"{layer.kind} signature over {_MAX_LAYER_BYTES} bytes"
+                    )
                     continue
                 body = await self._blob(layer.digest)
                 if body is None:
@@ -98,6 +102,8 @@ class SignatureChecker:
                     verdict = verify_cosign_signature(
                         body, layer.signature_b64 or "", digest, repository, roots
                     )
+                elif layer.kind == "notation-cose":
+                    verdict = verify_notation_cose(body, digest, roots)
                 else:
                     verdict = verify_notation_jws(body, digest, roots)
                 if verdict.verified:
