@@ -19,7 +19,7 @@ from pathlib import Path
 
 from quaylock import config as config_mod
 from quaylock import log, oci
-from quaylock.api import admin, blobs, listings, manifests, token, uploads
+from quaylock.api import admin, blobs, listings, manifests, status, token, uploads
 from quaylock.api.errors import error_body, internal_error_body
 from quaylock.api.http import ClientDisconnected, Request, Response
 from quaylock.errors import (
@@ -30,6 +30,7 @@ from quaylock.errors import (
     Unauthorized,
 )
 from quaylock.metadata.store import open_store
+from quaylock.metrics import Metrics
 from quaylock.policy.access import AccessPolicy
 from quaylock.policy.accounts import Accounts
 from quaylock.policy.auth import Authenticator
@@ -115,6 +116,8 @@ ROUTES = [
     ),
 ]
 _LOGIN = {"GET": "login", "HEAD": "login"}
+# Routes that need no credentials at all (api/status.py).
+PUBLIC: dict = {}
 EXACT_ROUTES = {
     "/v2/": _route(
         "/v2/", r"/v2/", _LOGIN, GET=listings.api_version, HEAD=listings.api_version
@@ -128,6 +131,7 @@ EXACT_ROUTES = {
     "/v2/token": _route(
         "/v2/token", r"/v2/token", None, GET=token.get_token, POST=token.post_token
     ),
+    "/metrics": _route("/metrics", r"/metrics", PUBLIC, GET=status.metrics),
 }
 
 
@@ -258,6 +262,7 @@ class App:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self.registry.metrics.flush()
                 self.registry.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -291,7 +296,9 @@ class App:
                 raise BlobUploadUnknown(
                     f"upload {params['upload_id'][:64]!r} is not open"
                 )
-            if route.needs is None:
+            if route.needs is PUBLIC:
+                response = await handler(self.registry, request)
+            elif route.needs is None:
                 if self.auth is None:
                     raise NotFound("authentication is off: there is no token endpoint")
                 if route.template.startswith("/admin/"):
@@ -455,8 +462,9 @@ def build_app(config: config_mod.Config) -> App:
         )
     driver = FilesystemDriver(str(root))
     store = open_store(config.metadata_url)
+    metrics = Metrics(Path(config.data).resolve() / "metrics")
     return App(
-        Registry(config, driver, store),
+        Registry(config, driver, store, metrics),
         auth=build_authenticator(config, store),
         log_requests=config.log.requests,
     )

@@ -29,6 +29,7 @@ ERROR_TABLE: dict[type[e.RegistryError], tuple[int, str]] = {
     e.Unauthorized: (401, "UNAUTHORIZED"),
     e.Denied: (403, "DENIED"),
     e.InUse: (409, "DENIED"),
+    e.Held: (403, "DENIED"),
     e.TooManyRequests: (429, "TOOMANYREQUESTS"),
     e.Unsupported: (415, "UNSUPPORTED"),
     e.MethodNotAllowed: (405, "UNSUPPORTED"),

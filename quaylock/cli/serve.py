@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 
 from quaylock import config as config_mod
-from quaylock import log
+from quaylock import log, metrics
 from quaylock.cli.main import apply_flags
 from quaylock.metadata.store import open_store
 from quaylock.policy.accounts import Accounts
@@ -47,9 +47,11 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def prepare(config: config_mod.Config) -> None:
-    """What must exist once before the workers start: the schema, the token
-    signing key and, on first start, the admin account."""
+    """What must exist once before the workers start: the schema, an empty
+    metrics folder, the token signing key and, on first start, the admin
+    account."""
     store = open_store(config.metadata_url)
+    metrics.reset(Path(config.data).resolve() / "metrics")
     try:
         if config.auth.mode == "none":
             log.event(

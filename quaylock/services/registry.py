@@ -26,6 +26,7 @@ from quaylock.errors import (
 )
 from quaylock.metadata import audit, policy
 from quaylock.metadata.store import ManifestRecord, SQLiteStore
+from quaylock.metrics import Metrics
 from quaylock.oci import Digest
 from quaylock.services.manifests import parse_manifest
 from quaylock.services.signing import SignatureChecker
@@ -67,15 +68,27 @@ class Registry:
         store: where repositories, manifests and tags live.
     """
 
-    def __init__(self, config: Config, driver: BlobDriver, store: SQLiteStore):
+    def __init__(
+        self,
+        config: Config,
+        driver: BlobDriver,
+        store: SQLiteStore,
+        metrics: Metrics | None = None,
+    ):
         self.config = config
         self.driver = driver
         self.store = store
+        self.metrics = metrics or Metrics()
         self.uploads = UploadService(driver, store)
         self.tags = TagGuard(config.tags, store)
         self.tag_admin = TagAdmin(self)
-        self.signing = SignatureChecker(config.signatures, store, driver)
+        self.signing = SignatureChecker(config.signatures, store, driver, self.metrics)
         self.webhooks = Webhooks(config.webhooks)
+
+    def _emit(self, event: audit.AuditEvent) -> None:
+        """Tell webhooks and metrics about an audit record just committed."""
+        self.webhooks.emit(event)
+        self.metrics.inc("quaylock_audit_events_total", action=event.action)
 
     # Blobs
 
@@ -271,7 +284,7 @@ class Registry:
                 return hold_id, event
 
             hold_id, event = await self.store.write(record)
-            self.webhooks.emit(event)
+            self._emit(event)
             raise Held(
                 f"{reason}: held for an admin as hold {hold_id}; push again "
                 f"once an admin approves (quaylock tag approve {hold_id})"
@@ -321,10 +334,10 @@ class Registry:
         except Denied as exc:
             event = _event("refused", actor, repository, tag, None, None, exc.message)
             await self.store.write(lambda c: audit.append(c, event), durable=False)
-            self.webhooks.emit(event)
+            self._emit(event)
             raise
         for event in emitted or ():
-            self.webhooks.emit(event)
+            self._emit(event)
         return result
 
     def check_manifest_size(self, size: int) -> None:

@@ -14,8 +14,9 @@ Modes:
   digest already (push by digest, sign, then tag);
 - ``pull``: pulling a manifest needs one; signatures and other artifacts
   that refer to a subject stay pullable, or no client could check them;
-- ``audit``: nothing is refused; the status is visible through
-  `SignatureChecker.status` (and the admin API later).
+- ``audit``: nothing is refused; each move of a matching tag is checked,
+  counted in ``quaylock_signature_checks_total`` and logged when unsigned,
+  and the admin API reports the status of any manifest.
 
 Only positive answers are cached (for a minute): a signature added later is
 seen at once, and a removed one within a minute.
@@ -27,8 +28,10 @@ import re
 import time
 from collections import OrderedDict
 
+from quaylock import log
 from quaylock.config import SignaturePolicy, SignaturesConfig
 from quaylock.errors import Denied
+from quaylock.metrics import Metrics
 from quaylock.policy.access import matches
 from quaylock.policy.notation_cose import verify_notation_cose
 from quaylock.policy.signatures import (
@@ -46,6 +49,7 @@ _MAX_SIGNATURES = 20
 _MAX_LAYER_BYTES = 1024 * 1024
 _CACHE_SECONDS = 60
 _CACHE_MAX = 10_000
+_UNSIGNED = "no signature found"
 
 
 class SignatureChecker:
@@ -57,9 +61,10 @@ class SignatureChecker:
         driver: the blob driver (signature payloads are blobs).
     """
 
-    def __init__(self, config: SignaturesConfig, store, driver):
+    def __init__(self, config: SignaturesConfig, store, driver, metrics: Metrics):
         self.store = store
         self.driver = driver
+        self.metrics = metrics
         self.policies: list[tuple[int, SignaturePolicy, list[TrustRoot]]] = []
         for i, policy in enumerate(config.policies):
             roots = [
@@ -112,7 +117,7 @@ class SignatureChecker:
                         self._verified.popitem(last=False)
                     return verdict
                 reasons.append(verdict.reason)
-        reason = "; ".join(reasons[:3]) if reasons else "no signature found"
+        reason = "; ".join(reasons[:3]) if reasons else _UNSIGNED
         return Verdict(False, None, reason)
 
     async def _signature_manifests(self, repository: str, digest: str) -> list[bytes]:
@@ -141,6 +146,15 @@ class SignatureChecker:
             return None
         return b"".join(parts)
 
+    def _count(self, mode: str, verdict: Verdict) -> None:
+        if verdict.verified:
+            result = "verified"
+        elif verdict.reason == _UNSIGNED:
+            result = "unsigned"
+        else:
+            result = "invalid"
+        self.metrics.inc("quaylock_signature_checks_total", mode=mode, result=result)
+
     async def require_for_tag(self, repository: str, tag: str, digest: str) -> None:
         """Raises:
         Denied: a `tag` policy covers this tag and `digest` is not signed."""
@@ -148,10 +162,16 @@ class SignatureChecker:
         if found is None:
             return
         i, policy, roots = found
-        if policy.mode != "tag" or not any(re.fullmatch(p, tag) for p in policy.tags):
+        if policy.mode == "pull" or not any(re.fullmatch(p, tag) for p in policy.tags):
             return
         verdict = await self.status(repository, digest, roots)
-        if not verdict.verified:
+        self._count(policy.mode, verdict)
+        if not verdict.verified and policy.mode == "audit":
+            log.event(
+                log.logger, 30, "tag moved to a manifest without a valid signature",
+                repository=repository, tag=tag, digest=digest, detail=verdict.reason,
+            )  # fmt: skip
+        elif not verdict.verified:
             raise Denied(
                 f"tag {tag!r} in {repository} may only point at a signed manifest "
                 f"(signatures.policies[{i}], mode tag): {digest} has no valid "
@@ -169,6 +189,7 @@ class SignatureChecker:
             return  # a signature or another artifact about an image
         i, _, roots = found
         verdict = await self.status(repository, manifest.digest, roots)
+        self._count("pull", verdict)
         if not verdict.verified:
             raise Denied(
                 f"{repository}@{manifest.digest} has no valid signature "

@@ -1,0 +1,28 @@
+"""Routes for operators rather than registry clients: ``GET /metrics``.
+
+Metrics carry counts by action, mode and result, never repository names,
+tags or subjects, so they are served without authentication, as scrapers
+expect; keep the port off the public internet all the same.
+"""
+
+from __future__ import annotations
+
+from quaylock.api.http import Request, Response, header
+from quaylock.services.registry import Registry
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def metrics(registry: Registry, request: Request) -> Response:
+    (pending,) = registry.store.read_one(
+        "SELECT count(*) FROM holds WHERE state = 'pending'"
+    )
+    body = registry.metrics.render(
+        {
+            "quaylock_holds_pending": (
+                "Look-alike names held for an admin's decision.",
+                pending,
+            )
+        }
+    )
+    return Response(200, [header("content-type", PROMETHEUS_TEXT)], body=body)

@@ -1,0 +1,157 @@
+"""Counters in the Prometheus text format, summed over worker processes.
+
+Each worker counts in memory and, from a thread of its own, at most once a
+second and only when something changed, writes its counters to
+``<data>/metrics/<pid>.json`` (temporary file, then rename). A thread, not an
+event-loop task: the server wakes a worker's loop only when there is I/O, so
+a timer task there could wait for the next request. ``GET /metrics`` answers from whichever worker takes the
+request: its own counters as they are now, plus every other worker's last
+file. Files of workers that exited stay, so totals never go backwards while
+the server runs; `quaylock serve` clears the folder when it starts, which a
+scraper sees as a counter reset.
+
+Gauges that describe shared state (held names waiting for an admin) are
+read from the metadata store at scrape time, so every worker gives the same
+answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+# name -> help text; every counter is declared here, so /metrics shows it
+# (at 0) before anything has happened.
+COUNTERS = {
+    "quaylock_audit_events_total": (
+        "Audit log records written, by action (push, tag.create, tag.move, "
+        "tag.delete, refused, held, alert, ...)."
+    ),
+    "quaylock_signature_checks_total": (
+        "Signature checks under a signature policy, by mode (tag, pull, audit) "
+        "and result (verified, unsigned, invalid)."
+    ),
+}
+_FLUSH_SECONDS = 1.0
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class Metrics:
+    """Args:
+    directory: where workers share their counters; None keeps them in
+        this process only (tests, the command line).
+    """
+
+    def __init__(self, directory: Path | None = None):
+        self.directory = directory
+        self._counts: dict[str, dict[Labels, float]] = defaultdict(dict)
+        self._dirty = False
+        self._lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+
+    def inc(self, name: str, value: float = 1, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._counts[name]
+            series[key] = series.get(key, 0) + value
+            self._dirty = True
+        if self._flusher is None and self.directory is not None:
+            self._flusher = threading.Thread(
+                target=self._flush_every_second, name="metrics", daemon=True
+            )
+            self._flusher.start()
+
+    def _flush_every_second(self) -> None:
+        while True:
+            threading.Event().wait(_FLUSH_SECONDS)
+            self.flush()
+
+    def flush(self) -> None:
+        """Write this worker's counters for the others, if they changed."""
+        if self.directory is None:
+            return
+        with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            snapshot = self._snapshot()
+        path = self.directory / f"{os.getpid()}.json"
+        temporary = path.with_suffix(".tmp")
+        try:
+            temporary.write_text(json.dumps(snapshot))
+            os.replace(temporary, path)
+        except OSError:
+            with self._lock:
+                self._dirty = True  # try again next time
+
+    def _snapshot(self) -> dict:
+        return {
+            name: [[list(map(list, labels)), value] for labels, value in series.items()]
+            for name, series in self._counts.items()
+        }
+
+    def totals(self) -> dict[str, dict[Labels, float]]:
+        """Every worker's counters, summed."""
+        totals: dict[str, dict[Labels, float]] = defaultdict(dict)
+        with self._lock:
+            snapshots = [self._snapshot()]
+        if self.directory is not None:
+            own = f"{os.getpid()}.json"
+            for path in self.directory.glob("*.json"):
+                if path.name == own:
+                    continue
+                try:
+                    snapshots.append(json.loads(path.read_text()))
+                except (OSError, ValueError):
+                    continue  # a worker mid-write; its next file counts
+        for snapshot in snapshots:
+            for name, series in snapshot.items():
+                if name not in COUNTERS:
+                    continue
+                for labels, value in series:
+                    key = tuple((str(k), str(v)) for k, v in labels)
+                    totals[name][key] = totals[name].get(key, 0) + value
+        return totals
+
+    def render(self, gauges: dict[str, tuple[str, float]]) -> bytes:
+        """The Prometheus text exposition (version 0.0.4): the counters, and
+        `gauges` as name -> (help, value)."""
+        lines = []
+        totals = self.totals()
+        for name, help_text in COUNTERS.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+            for labels, value in sorted(totals.get(name, {}).items()):
+                lines.append(f"{name}{_labels(labels)} {_number(value)}")
+        for name, (help_text, value) in gauges.items():
+            lines += [
+                f"# HELP {name} {help_text}",
+                f"# TYPE {name} gauge",
+                f"{name} {_number(value)}",
+            ]
+        return ("\n".join(lines) + "\n").encode()
+
+
+def reset(directory: Path) -> None:
+    """Clear the shared counters (`quaylock serve`, before workers start)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
