@@ -346,21 +346,95 @@ def tag_rule(raw, where: str) -> TagRule:
         value = getattr(rule, key)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}.{key}: expected a list of strings")
+        for text in value:
+            # isprintable also refuses lone surrogates, which no store can encode.
+            if not text.isprintable() or len(text) > _PATTERN_MAX_CHARS:
+                raise ConfigError(
+                    f"{where}.{key}: {text[:40]!r} must be printable text of at "
+                    f"most {_PATTERN_MAX_CHARS} characters"
+                )
+
     if not rule.repositories:
         raise ConfigError(f"{where}.repositories: expected at least one pattern")
     for key in ("allow", "immutable", "protected"):
         for pattern in getattr(rule, key):
             try:
-                re.compile(pattern)
-            except re.error as exc:
+                compiled = re.compile(pattern)
+            except (re.error, OverflowError, RecursionError) as exc:
                 raise ConfigError(
                     f"{where}.{key}: {pattern!r} is not a regular expression: {exc}"
                 ) from None
+            if (problem := _backtracking_risk(compiled)) is not None:
+                raise ConfigError(f"{where}.{key}: {pattern!r} {problem}")
     if rule.lookalike not in LOOKALIKE_MODES:
         raise ConfigError(
             f"{where}.lookalike: expected one of {', '.join(LOOKALIKE_MODES)}, got {rule.lookalike!r}"
         )
     return rule
+
+
+# Tag rule patterns: length, and repeats that may stand in a row.
+_PATTERN_MAX_CHARS = 256
+_PATTERN_MAX_OPEN_REPEATS = 4
+
+
+def _backtracking_risk(compiled: re.Pattern) -> str | None:
+    """Why `compiled` could take exponential or high-polynomial time on a
+    128-character tag, or None. Python's engine backtracks; a repeat inside
+    a repeat ((a+)+, (a|aa)*) is exponential, and many unbounded repeats
+    ((.*)(.*)(.*)...) are polynomial of high degree. Both are refused;
+    patterns such as v?[0-9]+\.[0-9]+\.[0-9]+ pass."""
+    from re import _constants as c  # noqa: PLC0415 - stdlib internals
+    from re import _parser
+
+    try:
+        tree = _parser.parse(compiled.pattern, compiled.flags)
+    except Exception:  # noqa: BLE001 - compiled already; be conservative
+        return "cannot be checked for backtracking"
+    unbounded = 0
+
+    def walk(items, inside_repeat: bool) -> str | None:
+        nonlocal unbounded
+        for op, arg in items:
+            if op in (
+                c.MAX_REPEAT,
+                c.MIN_REPEAT,
+                getattr(c, "POSSESSIVE_REPEAT", None),
+            ):
+                low, high, body = arg
+                repeats = high is c.MAXREPEAT or high > 1
+                if repeats and inside_repeat:
+                    return "nests a repeat inside a repeat (exponential backtracking)"
+                if high is c.MAXREPEAT:
+                    unbounded += 1
+                found = walk(body, inside_repeat or repeats)
+            elif op == c.SUBPATTERN:
+                found = walk(arg[-1], inside_repeat)
+            elif op == c.BRANCH and inside_repeat:
+                found = "repeats an alternation (exponential backtracking)"
+            elif op == c.BRANCH:
+                found = next(
+                    (f for f in (walk(b, inside_repeat) for b in arg[1]) if f), None
+                )
+            elif op in (c.ASSERT, c.ASSERT_NOT):
+                found = walk(arg[1], inside_repeat)
+            elif op == c.GROUPREF_EXISTS:
+                found = walk(arg[1], inside_repeat) or (
+                    walk(arg[2], inside_repeat) if arg[2] else None
+                )
+            else:
+                found = None
+            if found:
+                return found
+        return None
+
+    problem = walk(tree, False)
+    if problem is None and unbounded > _PATTERN_MAX_OPEN_REPEATS:
+        problem = (
+            f"has {unbounded} unbounded repeats; at most {_PATTERN_MAX_OPEN_REPEATS} "
+            "(each adds a power to the backtracking time)"
+        )
+    return problem
 
 
 AUTH_MODES = ("token", "basic", "none")

@@ -303,6 +303,57 @@ def test_cbor_reader_reads_what_notation_writes():
 # On a running registry
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{1: [0]}, {1: {"a": 1}}, {1: Tag(1, [])}, {2: [[NOTATION_SCHEME]]}],
+    ids=["alg-list", "alg-map", "alg-tagged", "crit-nested"],
+)
+def test_cose_header_of_the_wrong_types_is_refused_not_raised(pki, tmp_path, change):
+    envelope = cose_envelope(pki, DIGEST, header=change)
+    verdict = verify_notation_cose(envelope, DIGEST, [pki.trust_root(tmp_path)])
+    assert not verdict.verified
+
+
+def push_cose_signature(client, repository: str, image: dict, envelope: bytes):
+    push_blob(client, repository, envelope)
+    push_blob(client, repository, b"{}")
+    signature = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": NOTATION_ARTIFACT_TYPE,
+        "config": {"mediaType": EMPTY_JSON, "digest": sha256(b"{}"), "size": 2},
+        "layers": [{"mediaType": NOTATION_COSE, "digest": sha256(envelope),
+                    "size": len(envelope)}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": image["digest"],
+                    "size": len(image["manifest"])},
+    }).encode()  # fmt: skip
+    stored = push_manifest(client, repository, sha256(signature), signature)
+    assert stored.status_code == 201, stored.text
+
+
+def test_a_hostile_signature_neither_fails_the_request_nor_hides_a_good_one(
+    make_server, tmp_path, pki
+):
+    root = tmp_path / "root.pem"
+    root.write_bytes(pki.root.cert.public_bytes(serialization.Encoding.PEM))
+    server = make_server({"signatures": {"policies": [
+        {"repositories": ["signed/**"], "mode": "tag", "tags": ["latest"],
+         "notation_roots": [str(root)]},
+    ]}})  # fmt: skip
+    repository = unique_repo("signed/hostile")
+    with server.client() as client:
+        image = push_image(client, repository, tag=None, seed=repository)
+        hostile = cose_envelope(pki, image["digest"], header={1: [0]})
+        push_cose_signature(client, repository, image, hostile)
+        refused = push_manifest(client, repository, "latest", image["manifest"])
+        assert refused.status_code == 403, refused.text
+        assert "alg [0] is not one notation allows" in refused.text
+
+        good = cose_envelope(pki, image["digest"], size=len(image["manifest"]))
+        push_cose_signature(client, repository, image, good)
+        moved = push_manifest(client, repository, "latest", image["manifest"])
+        assert moved.status_code == 201, moved.text
+
+
 def test_cose_signature_lets_a_tag_move_under_a_tag_policy(make_server, tmp_path, pki):
     root = tmp_path / "root.pem"
     root.write_bytes(pki.root.cert.public_bytes(serialization.Encoding.PEM))

@@ -116,12 +116,8 @@ def test_rejected_hold_leaves_no_tag_and_a_retry_is_held_again(make_server):
     assert "hold 999 does not exist" in missing.stderr
 
 
-def test_approval_still_obeys_the_other_rules(make_server):
-    tags = copy.deepcopy(HOLD_TAGS)
-    tags["rules"].append(
-        {"repositories": ["team/**"], "immutable": ["lates"], "lookalike": "hold"}
-    )
-    server = start(make_server, tags)
+def test_approval_never_moves_a_tag_that_exists_by_then(make_server):
+    server = start(make_server, HOLD_TAGS)
     admin = Pusher(server, ADMIN, "team/app")
     dev = Pusher(server, DEV, "team/app")
     assert admin.push("latest", admin.image("base")).status_code == 201
@@ -132,14 +128,46 @@ def test_approval_still_obeys_the_other_rules(make_server):
         first = client.post(f"/admin/v1/holds/{hold_a}", auth=ADMIN,
                             json={"decision": "approve"})  # fmt: skip
         assert first.status_code == 200, first.text
-        # `lates` is immutable now that it exists: approving the other
-        # digest would move it.
+        # `lates` exists now: approving the other digest would move it.
         second = client.post(f"/admin/v1/holds/{hold_b}", auth=ADMIN,
                              json={"decision": "approve"})  # fmt: skip
-        assert second.status_code == 403
-        assert "immutable" in message(second)
+        assert second.status_code == 409
+        assert error_code(second) == "CONFLICT"
+        assert "was created since" in message(second)
         pending = client.get("/admin/v1/holds", auth=ADMIN).json()
         assert [h["id"] for h in pending] == [hold_b]
+    got = dev.client.get("/v2/team/app/manifests/lates")
+    assert got.headers["docker-content-digest"] == sha256(dev.image("a"))
+
+
+def test_a_rule_that_refuses_wins_over_one_that_would_hold(make_server):
+    tags = copy.deepcopy(HOLD_TAGS)
+    tags["rules"].append({"repositories": ["team/**"], "protected": ["lat.*"]})
+    server = start(make_server, tags)
+    admin = Pusher(server, ADMIN, "team/app")
+    dev = Pusher(server, DEV, "team/app")
+    assert admin.push("latest", admin.image("base")).status_code == 201
+    refused = dev.push("latesst", dev.image("x"))
+    assert refused.status_code == 403
+    assert "protected" in message(refused)
+    assert "held" not in message(refused)
+    with server.client() as client:
+        assert client.get("/admin/v1/holds", auth=ADMIN).json() == []
+
+
+def test_pending_holds_are_capped_per_name(make_server):
+    server = start(make_server, HOLD_TAGS)
+    admin = Pusher(server, ADMIN, "team/app")
+    dev = Pusher(server, DEV, "team/app")
+    assert admin.push("latest", admin.image("base")).status_code == 201
+    for i in range(5):
+        held_id(dev.push("lates", dev.image(f"flood {i}")))
+    refused = dev.push("lates", dev.image("one too many"))
+    assert refused.status_code == 403
+    assert "cannot be held for an admin" in message(refused)
+    assert "the limit is 5" in message(refused)
+    with server.client() as client:
+        assert len(client.get("/admin/v1/holds", auth=ADMIN).json()) == 5
 
 
 def test_held_repository_name_is_created_after_approval(make_server):
@@ -215,12 +243,20 @@ def test_admin_allows_a_name_explicitly_and_can_take_it_back(make_server):
         ),
         ({"protected": ["x"], "colour": "red"}, "colour"),
         (["not", "a", "mapping"], "body must be a JSON object"),
+        ({"protected": ["(v?[0-9a-z]+)+-rc"]}, "nests a repeat inside a repeat"),
+        ({"protected": ["(a|aa)*"]}, "repeats an alternation"),
+        ({"allow": [".*.*.*.*.*x"]}, "has 5 unbounded repeats"),
+        ({"allow": ["a{4294967296}"]}, "is not a regular expression"),
+        ({"allow": ["\ud800"]}, "must be printable text"),
+        ({"allow": ["x" * 300]}, "at most 256 characters"),
     ],
 )
 def test_bad_tag_rules_are_refused_with_the_key_that_is_wrong(make_server, body, words):
     server = start(make_server, HOLD_TAGS)
     with server.client() as client:
-        refused = client.post("/admin/v1/tag-rules", auth=ADMIN, json=body)
+        # ASCII JSON, so that a lone surrogate travels as the escape \ud800.
+        refused = client.post("/admin/v1/tag-rules", auth=ADMIN,
+                              content=json.dumps(body).encode())  # fmt: skip
         assert refused.status_code == 400
         assert error_code(refused) == "BAD_REQUEST"
         assert words in message(refused)
@@ -258,8 +294,10 @@ def test_tag_rule_added_by_an_admin_applies_in_every_worker_at_once(make_server)
     with server.client() as client:
         deleted = client.delete(f"/admin/v1/tag-rules/{rule_id}", auth=ADMIN)
         assert deleted.status_code == 204
-        assert (
-            client.delete(f"/admin/v1/tag-rules/{rule_id}", auth=ADMIN).status_code
-            == 404
-        )
+        gone = client.delete(f"/admin/v1/tag-rules/{rule_id}", auth=ADMIN)
+        assert gone.status_code == 404
+        # Ids are never reused: "tag rule N" keeps naming one rule.
+        again = client.post("/admin/v1/tag-rules", auth=ADMIN, json=rule)
+        assert again.json()["id"] == rule_id + 1
+        client.delete(f"/admin/v1/tag-rules/{rule_id + 1}", auth=ADMIN)
     assert dev.push("release-1", second).status_code == 201

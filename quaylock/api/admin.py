@@ -85,6 +85,8 @@ async def _body(request: Request) -> dict:
     raw = await request.body(_BODY_MAX_BYTES)
     try:
         body = json.loads(raw or b"{}")
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
     except ValueError as exc:
         raise BadRequest(f"body is not JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -269,6 +271,8 @@ async def add_allowed_name(services: Services, request: Request) -> Response:
     await _admin(services, request)
     kind, repository, name = _name_fields(await _body(request))
     await services.registry.tag_admin.allow(kind, repository, name, actor_of(request))
+    if kind == "repository":
+        repository = ""
     return _json(201, {"kind": kind, "repository": repository, "name": name})
 
 

@@ -74,6 +74,11 @@ def append(c: sqlite3.Connection, event: AuditEvent) -> None:
     ).fetchone()
     seq, prev_hash = (row[0] + 1, row[1]) if row else (1, GENESIS)
     record = {"seq": seq, "time": round(time.time(), 6), **asdict(event)}
+    for field in ("detail", "user_agent", "repository", "tag"):
+        if isinstance(record[field], str):
+            # Text that is not valid Unicode (a lone surrogate in a client's
+            # input) is kept visibly escaped rather than failing the write.
+            record[field] = record[field].encode("utf-8", "backslashreplace").decode()
     c.execute(
         "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (*(record[f] for f in _FIELDS), prev_hash, _hash(prev_hash, record)),

@@ -15,6 +15,14 @@ import time
 from dataclasses import dataclass
 
 HOLD_STATES = ("pending", "approved", "rejected")
+# Pending holds one subject may have, and one name may have: beyond these a
+# look-alike push is refused outright, so nobody can bury real holds.
+MAX_PENDING_PER_SUBJECT = 20
+MAX_PENDING_PER_NAME = 5
+
+
+class TooManyHolds(Exception):
+    """The subject or the name has the most pending holds allowed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +145,24 @@ def add_hold(
     ).fetchone()
     if row is not None:
         return row[0]
+    (by_subject,) = c.execute(
+        "SELECT count(*) FROM holds WHERE state = 'pending' AND subject = ?", (subject,)
+    ).fetchone()
+    if by_subject >= MAX_PENDING_PER_SUBJECT:
+        raise TooManyHolds(
+            f"{subject} has {by_subject} look-alike names waiting for an admin "
+            f"already; the limit is {MAX_PENDING_PER_SUBJECT}"
+        )
+    (by_name,) = c.execute(
+        "SELECT count(*) FROM holds WHERE state = 'pending' AND kind = ? "
+        "AND repository = ? AND name = ?",
+        (kind, repository, name),
+    ).fetchone()
+    if by_name >= MAX_PENDING_PER_NAME:
+        raise TooManyHolds(
+            f"{name!r} has {by_name} holds waiting for an admin already; the "
+            f"limit is {MAX_PENDING_PER_NAME}"
+        )
     cursor = c.execute(
         "INSERT INTO holds (kind, repository, name, digest, reason, subject, client, "
         "created_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",

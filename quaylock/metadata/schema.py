@@ -122,11 +122,13 @@ MIGRATIONS: list[str] = [
     """,
     # 4: what admins change at run time: tag rules beyond the configuration
     # file, names allowed although they look like others, and look-alike
-    # names held for a decision. policy_version grows with every change, so
-    # each process reloads its copy when it sees a new number.
+    # names held for a decision. Ids are never reused, so "tag rule 3" or
+    # "hold 7" in an old message or audit record names one thing for good.
+    # policy_version grows with every change, so each process reloads its
+    # copy when it sees a new number.
     """
     CREATE TABLE tag_rules (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         rule TEXT NOT NULL,
         created_by TEXT NOT NULL,
         created_at REAL NOT NULL
@@ -140,7 +142,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (kind, repository, name)
     );
     CREATE TABLE holds (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         kind TEXT NOT NULL,
         repository TEXT NOT NULL,
         name TEXT NOT NULL,

@@ -125,7 +125,8 @@ def _parse(envelope: bytes) -> tuple[bytes, dict, dict, bytes, bytes]:
 def _check_header(header: dict) -> tuple[str, dt.datetime, dt.datetime | None]:
     """Check the signed attributes; return the algorithm (as a JWS name),
     the signing time and the expiry."""
-    alg = COSE_ALGS.get(header.get(_ALG))
+    number = header.get(_ALG)
+    alg = COSE_ALGS.get(number) if isinstance(number, int) else None
     if alg is None:
         raise _Reject(f"alg {header.get(_ALG)!r} is not one notation allows")
     if header.get(_CONTENT_TYPE) != NOTATION_PAYLOAD:
@@ -136,6 +137,8 @@ def _check_header(header: dict) -> tuple[str, dt.datetime, dt.datetime | None]:
     crit = header.get(_CRIT)
     if not isinstance(crit, list) or not crit:
         raise _Reject("crit is missing or empty")
+    if not all(isinstance(name, (int, str)) for name in crit):
+        raise _Reject("crit holds something other than header labels")
     if _SCHEME not in crit:
         raise _Reject(f"crit does not list {_SCHEME}")
     for name in (_EXPIRY, _AUTHENTIC_TIME):

@@ -707,7 +707,10 @@ def _check_leaf_signature(
 ) -> None:
     """Check `signature` over `signed` by the leaf's key, with `alg` (a JWS
     name; COSE's numbers map onto these) matching that key."""
-    key = leaf.public_key()
+    try:
+        key = leaf.public_key()
+    except (UnsupportedAlgorithm, ValueError) as error:
+        raise _Reject(f"signing certificate key cannot be used: {error}") from None
     if isinstance(key, rsa.RSAPublicKey):
         expected = _RSA_ALG.get(key.key_size)
     elif isinstance(key, ec.EllipticCurvePublicKey):

@@ -215,10 +215,9 @@ class Registry:
                     )
                 except Held as exc:
                     # Keep the manifest, leave the tag: an admin decides.
-                    hold_id = policy.add_hold(
-                        c, "tag", repository, tag, record.digest, exc.message,
-                        actor.subject, actor.client,
-                    )  # fmt: skip
+                    hold_id = _add_hold(
+                        c, "tag", repository, tag, record.digest, exc.message, actor
+                    )
                     held.append((hold_id, exc.message))
                     emitted.append(_event(
                         "held", actor, repository, tag, old, record.digest,
@@ -272,10 +271,9 @@ class Registry:
             reason = exc.message
 
             def record(c) -> tuple[int, audit.AuditEvent]:
-                hold_id = policy.add_hold(
-                    c, "repository", "", repository, None, reason,
-                    actor.subject, actor.client,
-                )  # fmt: skip
+                hold_id = _add_hold(
+                    c, "repository", "", repository, None, reason, actor
+                )
                 event = _event(
                     "held", actor, repository, tag, None, None,
                     f"hold {hold_id}: {reason}",
@@ -283,7 +281,9 @@ class Registry:
                 audit.append(c, event)
                 return hold_id, event
 
-            hold_id, event = await self.store.write(record)
+            hold_id, event = await self._refused_if(
+                actor, repository, tag, self.store.write, record
+            )
             self._emit(event)
             raise Held(
                 f"{reason}: held for an admin as hold {hold_id}; push again "
@@ -315,10 +315,17 @@ class Registry:
         )  # fmt: skip
         await self._refused_if(
             actor, repository, tag,
-            self.store.put_manifest, repository, manifest, [], tag, hook,
-            emitted=emitted,
+            self.store.put_manifest, repository, manifest, self.references(manifest),
+            tag, hook, emitted=emitted,
         )  # fmt: skip
         return moved[0] if moved else None
+
+    @staticmethod
+    def references(manifest: ManifestRecord) -> list:
+        """What a stored manifest refers to, for storing it again: should it
+        be deleted meanwhile, it comes back with its references, not
+        without them."""
+        return parse_manifest(manifest.content, manifest.media_type).references
 
     async def _refused_if(
         self, actor: Actor, repository, tag, fn, *args, emitted: list | None = None
@@ -494,6 +501,16 @@ class Registry:
     def _check_deletes(self) -> None:
         if not self.config.deletes:
             raise MethodNotAllowed("deletes are disabled on this registry")
+
+
+def _add_hold(c, kind, repository, name, digest, reason, actor: Actor) -> int:
+    """Record a held name, or refuse it when too many wait already."""
+    try:
+        return policy.add_hold(
+            c, kind, repository, name, digest, reason, actor.subject, actor.client
+        )
+    except policy.TooManyHolds as exc:
+        raise Denied(f"{reason}; it cannot be held for an admin: {exc}") from None
 
 
 def _event(

@@ -35,6 +35,9 @@ from quaylock.metrics import Metrics
 from quaylock.policy.access import matches
 from quaylock.policy.notation_cose import verify_notation_cose
 from quaylock.policy.signatures import (
+    COSIGN_ARTIFACT_TYPE,
+    NOTATION_ARTIFACT_TYPE,
+    SignatureLayer,
     TrustRoot,
     Verdict,
     load_trust_root,
@@ -44,8 +47,10 @@ from quaylock.policy.signatures import (
     verify_notation_jws,
 )
 
-# Signature manifests and layers read per check, and the largest layer.
+# Signature layers read per manifest, signature referrers read per artifact
+# type, and the largest layer.
 _MAX_SIGNATURES = 20
+_MAX_REFERRERS = 100
 _MAX_LAYER_BYTES = 1024 * 1024
 _CACHE_SECONDS = 60
 _CACHE_MAX = 10_000
@@ -103,14 +108,7 @@ class SignatureChecker:
                 body = await self._blob(layer.digest)
                 if body is None:
                     continue
-                if layer.kind == "cosign":
-                    verdict = verify_cosign_signature(
-                        body, layer.signature_b64 or "", digest, repository, roots
-                    )
-                elif layer.kind == "notation-cose":
-                    verdict = verify_notation_cose(body, digest, roots)
-                else:
-                    verdict = verify_notation_jws(body, digest, roots)
+                verdict = _verify(layer, body, digest, repository, roots)
                 if verdict.verified:
                     self._verified[key] = time.monotonic() + _CACHE_SECONDS
                     while len(self._verified) > _CACHE_MAX:
@@ -128,9 +126,13 @@ class SignatureChecker:
             )
             if tagged is not None:
                 found.append(tagged.content)
-        rows = await self.store.list_referrers(
-            repository, digest, None, None, _MAX_SIGNATURES
-        )
+        # Only signature artifacts, so that other referrers (SBOMs, or junk
+        # pushed to sort first) cannot crowd signatures out of the window.
+        rows = []
+        for artifact_type in (COSIGN_ARTIFACT_TYPE, NOTATION_ARTIFACT_TYPE):
+            rows += await self.store.list_referrers(
+                repository, digest, artifact_type, None, _MAX_REFERRERS
+            )
         for row in rows:
             manifest = await self.store.get_manifest(repository, row[0])
             if manifest is not None:
@@ -195,3 +197,26 @@ class SignatureChecker:
                 f"{repository}@{manifest.digest} has no valid signature "
                 f"(signatures.policies[{i}], mode pull): {verdict.reason}"
             )
+
+
+def _verify(
+    layer: SignatureLayer, body: bytes, digest: str, repository: str, roots
+) -> Verdict:
+    """One layer's verdict. Whatever a hostile envelope makes a parser
+    raise is a refusal of that layer, never an error of the request, so one
+    bad signature cannot hide a good one."""
+    try:
+        if layer.kind == "cosign":
+            return verify_cosign_signature(
+                body, layer.signature_b64 or "", digest, repository, roots
+            )
+        if layer.kind == "notation-cose":
+            return verify_notation_cose(body, digest, roots)
+        return verify_notation_jws(body, digest, roots)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        log.event(
+            log.logger, 30, "signature check failed unexpectedly",
+            repository=repository, digest=digest, kind=layer.kind,
+            detail=f"{type(error).__name__}: {str(error)[:200]}",
+        )  # fmt: skip
+        return Verdict(False, None, f"{layer.kind} signature could not be read")

@@ -8,6 +8,7 @@ request it checks (`metadata.policy`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 from quaylock import oci
@@ -28,6 +29,14 @@ class TagAdmin:
     def __init__(self, registry):
         self.registry = registry
         self.store = registry.store
+
+    async def _write(self, fn):
+        """Run `fn(connection) -> (result, events)` in a write transaction;
+        tell webhooks and metrics about the events once it commits."""
+        result, events = await self.store.write(fn)
+        for event in events:
+            self.registry._emit(event)
+        return result
 
     # Rules
 
@@ -52,24 +61,26 @@ class TagAdmin:
         except ConfigError as exc:
             raise BadRequest(str(exc)) from None
 
-        def write(c) -> int:
-            rule_id = policy.add_rule(c, asdict(rule), actor.subject)
-            audit.append(
-                c, _event("rule.add", actor, None, None, f"tag rule {rule_id}")
-            )
-            return rule_id
+        stored = asdict(rule)
 
-        return await self.store.write(write)
+        def write(c) -> tuple[int, list]:
+            rule_id = policy.add_rule(c, stored, actor.subject)
+            text = json.dumps(stored, separators=(",", ":"))
+            event = _event("rule.add", actor, None, None, f"tag rule {rule_id}: {text}")
+            audit.append(c, event)
+            return rule_id, [event]
+
+        return await self._write(write)
 
     async def delete_rule(self, rule_id: int, actor: Actor) -> None:
-        def write(c) -> None:
+        def write(c) -> tuple[None, list]:
             if not policy.delete_rule(c, rule_id):
                 raise NotFound(f"tag rule {rule_id} does not exist")
-            audit.append(
-                c, _event("rule.delete", actor, None, None, f"tag rule {rule_id}")
-            )
+            event = _event("rule.delete", actor, None, None, f"tag rule {rule_id}")
+            audit.append(c, event)
+            return None, [event]
 
-        await self.store.write(write)
+        await self._write(write)
 
     # Allowed names
 
@@ -84,23 +95,27 @@ class TagAdmin:
         """
         repository = _checked(kind, repository, name)
 
-        def write(c) -> None:
+        def write(c) -> tuple[None, list]:
             policy.allow(c, kind, repository, name, actor.subject)
-            audit.append(c, _name_event("allow.add", actor, kind, repository, name))
+            event = _name_event("allow.add", actor, kind, repository, name)
+            audit.append(c, event)
+            return None, [event]
 
-        await self.store.write(write)
+        await self._write(write)
 
     async def disallow(
         self, kind: str, repository: str, name: str, actor: Actor
     ) -> None:
         repository = _checked(kind, repository, name)
 
-        def write(c) -> None:
+        def write(c) -> tuple[None, list]:
             if not policy.disallow(c, kind, repository, name):
                 raise NotFound(f"{kind} {name!r} is not on the allowed list")
-            audit.append(c, _name_event("allow.delete", actor, kind, repository, name))
+            event = _name_event("allow.delete", actor, kind, repository, name)
+            audit.append(c, event)
+            return None, [event]
 
-        await self.store.write(write)
+        await self._write(write)
 
     # Held names
 
@@ -112,12 +127,14 @@ class TagAdmin:
         return self.store.read(lambda c: policy.list_holds(c, state))
 
     async def reject(self, hold_id: int, actor: Actor) -> Hold:
-        def write(c) -> None:
+        def write(c) -> tuple[None, list]:
             hold = _pending(c, hold_id)
             policy.decide_hold(c, hold_id, "rejected", actor.subject)
-            audit.append(c, _hold_event("hold.reject", actor, hold))
+            event = _hold_event("hold.reject", actor, hold)
+            audit.append(c, event)
+            return None, [event]
 
-        await self.registry._refused_if(actor, None, None, self.store.write, write)
+        await self._write(write)
         return self.store.read(lambda c: policy.get_hold(c, hold_id))
 
     async def approve(self, hold_id: int, actor: Actor) -> Hold:
@@ -135,19 +152,28 @@ class TagAdmin:
         registry = self.registry
         if hold.kind == "repository":
 
-            def allow_repository(c) -> None:
+            def allow_repository(c) -> tuple[None, list]:
                 _pending(c, hold_id)
                 policy.allow(c, "repository", "", hold.name, actor.subject)
                 policy.decide_hold(c, hold_id, "approved", actor.subject)
-                audit.append(c, _hold_event("hold.approve", actor, hold))
+                event = _hold_event("hold.approve", actor, hold)
+                audit.append(c, event)
+                return None, [event]
 
-            await self.store.write(allow_repository)
+            await self._write(allow_repository)
         else:
             manifest = await registry.get_manifest(hold.repository, hold.digest)
             emitted: list[audit.AuditEvent] = []
 
             def move(c, old: str | None) -> bool:
                 _pending(c, hold_id)
+                if old is not None and old != manifest.digest:
+                    # A hold is for a tag that did not exist; approving it
+                    # must never move one that exists now.
+                    raise Conflict(
+                        f"{hold.repository}:{hold.name} was created since, and "
+                        f"points at {old}; hold {hold_id} would move it: reject it"
+                    )
                 policy.allow(c, "tag", hold.repository, hold.name, actor.subject)
                 registry.tags.check_move(
                     self.store,
@@ -177,8 +203,8 @@ class TagAdmin:
             )  # fmt: skip
             await registry._refused_if(
                 actor, hold.repository, hold.name,
-                self.store.put_manifest, hold.repository, manifest, [], hold.name, move,
-                emitted=emitted,
+                self.store.put_manifest, hold.repository, manifest,
+                registry.references(manifest), hold.name, move, emitted=emitted,
             )  # fmt: skip
         return self.store.read(lambda c: policy.get_hold(c, hold_id))
 

@@ -131,6 +131,9 @@ class TagGuard:
         """
         if old == new:
             return  # a re-push of the same digest changes nothing
+        # A hold waits until every rule has had its say: a later rule that
+        # refuses outright wins over an earlier one that would hold.
+        held: Held | None = None
         for where, rule in self.rules_for(repository, c):
             if old is not None and (pattern := _fullmatch_any(rule.immutable, tag)):
                 verb = "deleted" if new is None else "moved"
@@ -145,8 +148,13 @@ class TagGuard:
                     f"{repository} may create, move or delete it"
                 )
             if old is None and new is not None and rule.lookalike != "off":
-                self._check_lookalike(store, c, repository, tag, rule, where, actor)
+                try:
+                    self._check_lookalike(store, c, repository, tag, rule, where, actor)
+                except Held as exc:
+                    held = held or exc
                 self._remember(repository, tag, rule)
+        if held is not None:
+            raise held
 
     def _remember(self, repository: str, tag: str, rule: TagRule) -> None:
         """Add a tag this process creates to the cached guarded tags, so the
