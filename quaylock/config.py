@@ -379,11 +379,11 @@ _PATTERN_MAX_OPEN_REPEATS = 4
 
 
 def _backtracking_risk(compiled: re.Pattern) -> str | None:
-    """Why `compiled` could take exponential or high-polynomial time on a
-    128-character tag, or None. Python's engine backtracks; a repeat inside
-    a repeat ((a+)+, (a|aa)*) is exponential, and many unbounded repeats
-    ((.*)(.*)(.*)...) are polynomial of high degree. Both are refused;
-    patterns such as v?[0-9]+\.[0-9]+\.[0-9]+ pass."""
+    r"""Why `compiled` could take exponential or high-polynomial time on a
+    128-character tag, or None. Python's engine backtracks: a repeat inside
+    a repeat ((a+)+) or a repeated alternation ((a|aa)*) is exponential, and
+    many unbounded repeats ((.*)(.*)(.*)...) are polynomial of high degree.
+    All are refused; patterns such as v?[0-9]+\.[0-9]+\.[0-9]+ pass."""
     from re import _constants as c  # noqa: PLC0415 - stdlib internals
     from re import _parser
 

@@ -146,3 +146,45 @@ def test_admin_tokens_need_the_admin_scope(registry):
             ).status_code
             == 401
         )
+
+
+def test_account_changes_are_in_the_audit_log_with_who_made_them(registry):
+    import getpass
+    import sqlite3
+
+    from tests.test_tag_rules import cli
+
+    with registry.client() as client:
+        headers = {"user-agent": "admin-console/1.0"}
+        client.post("/admin/v1/users", auth=ADMIN, headers=headers,
+                    json={"name": "carol", "password": "carol-pass-1"})  # fmt: skip
+        client.patch("/admin/v1/users/carol", auth=ADMIN, json={"disabled": True})
+        client.post("/admin/v1/robots", auth=ADMIN, json={
+            "name": "builder", "owner": "carol", "repositories": ["carol/**"],
+            "actions": ["pull"]})  # fmt: skip
+        client.delete("/admin/v1/robots/builder", auth=ADMIN)
+    added = cli(registry, "user", "add", "dave", "--password-stdin",
+                stdin="dave-pass-12\n")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    no_terminal = cli(registry, "user", "add", "erin")  # stdin is not a terminal
+    assert no_terminal.returncode != 0
+    assert "--password-stdin" in no_terminal.stderr
+    assert "Traceback" not in no_terminal.stderr
+
+    db = sqlite3.connect(registry.data / "metadata.db")
+    try:
+        rows = db.execute(
+            "SELECT action, subject, user_agent, detail FROM audit_log "
+            "WHERE action LIKE 'user.%' OR action LIKE 'robot.%' ORDER BY seq"
+        ).fetchall()
+    finally:
+        db.close()
+    actions = [(action, subject) for action, subject, _, _ in rows]
+    assert actions[-5:] == [
+        ("user.add", "admin"), ("user.update", "admin"), ("robot.add", "admin"),
+        ("robot.revoke", "admin"), ("user.add", f"cli:{getpass.getuser()}"),
+    ]  # fmt: skip
+    assert rows[-5][2] == "admin-console/1.0"
+    assert "carol-pass-1" not in repr(rows)
+    verified = cli(registry, "audit", "verify")
+    assert verified.returncode == 0, verified.stderr

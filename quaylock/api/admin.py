@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from quaylock import oci
 from quaylock.api.http import JSON, Request, Response, actor_of
 from quaylock.errors import BadRequest, Denied, Unauthorized
-from quaylock.policy.accounts import Subject
+from quaylock.policy.accounts import ACTOR, Subject
 from quaylock.policy.auth import Authenticator, decode_basic
 from quaylock.policy.tokens import InvalidToken
 from quaylock.services.registry import Registry
@@ -78,6 +78,7 @@ async def _admin(services: Services, request: Request) -> Subject:
     if subject.kind != "user" or not subject.admin:
         raise Denied(f"{subject.label} is not an admin")
     request.subject = subject
+    ACTOR.set(actor_of(request))
     return subject
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from quaylock import config as config_mod
 from quaylock.errors import RegistryError
 from quaylock.metadata.store import open_store
-from quaylock.policy.accounts import Accounts
+from quaylock.policy.accounts import ACTOR, Accounts
 from quaylock.policy.limiter import LoginLimiter
 from quaylock.policy.tokens import KeyRing
 
@@ -106,6 +106,9 @@ def run(args) -> int:
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = open_store(config.metadata_url)
     accounts = Accounts(store, LoginLimiter(1, 1))
+    from quaylock.services.tags import Actor
+
+    ACTOR.set(Actor(cli_actor()))
     try:
         return asyncio.run(_run(args, accounts))
     except RegistryError as exc:
@@ -115,9 +118,22 @@ def run(args) -> int:
         store.close()
 
 
+def cli_actor() -> str:
+    """Who runs the command, for the audit log: cli:<login name>."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"
+
+
 def _password(args) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
+    elif not sys.stdin.isatty():
+        raise SystemExit(
+            "quaylock: no terminal to ask for a password; pipe it in with "
+            "--password-stdin"
+        )
     else:
         password = getpass.getpass("password: ")
         if getpass.getpass("again: ") != password:

@@ -33,7 +33,10 @@ def add_parsers(commands) -> None:
         "--to", help="the digest to point at (default: the one before)"
     )
     rollback.add_argument(
-        "--as", dest="actor", default="cli", help="name for the audit log"
+        "--as",
+        dest="actor",
+        default=None,
+        help="name for the audit log (default: your login name)",
     )
     holds = verbs.add_parser("holds", help="look-alike names held for an admin")
     holds.add_argument(
@@ -46,7 +49,10 @@ def add_parsers(commands) -> None:
         decide = verbs.add_parser(verb, help=what)
         decide.add_argument("hold", type=int, help="the hold's number")
         decide.add_argument(
-            "--as", dest="actor", default="cli", help="name for the audit log"
+            "--as",
+            dest="actor",
+            default=None,
+            help="name for the audit log (default: your login name)",
         )
 
 
@@ -107,7 +113,6 @@ def _registry(config, store):
 
 
 async def _holds(config, store, args) -> int:
-    from quaylock.services.tags import Actor
 
     tag_admin = _registry(config, store).tag_admin
     if args.verb == "holds":
@@ -115,7 +120,7 @@ async def _holds(config, store, args) -> int:
         for hold in tag_admin.holds(state):
             print(json.dumps(hold.as_json()))
         return 0
-    actor = Actor(f"cli:{args.actor}")
+    actor = _actor(args)
     if args.verb == "approve":
         hold = await tag_admin.approve(args.hold, actor)
     else:
@@ -125,7 +130,6 @@ async def _holds(config, store, args) -> int:
 
 
 async def _rollback(config, store, repository: str, tag: str, args) -> int:
-    from quaylock.services.tags import Actor
 
     target = args.to
     if target is None:
@@ -142,6 +146,13 @@ async def _rollback(config, store, repository: str, tag: str, args) -> int:
     registry = _registry(config, store)
     # The operator on the machine holds every right; the tag rules that bind
     # everyone (immutable tags, naming) still apply.
-    old = await registry.set_tag(repository, tag, target, Actor(f"cli:{args.actor}"))
+    old = await registry.set_tag(repository, tag, target, _actor(args))
     print(f"{repository}:{tag} moved from {old} to {target}")
     return 0
+
+
+def _actor(args):
+    from quaylock.cli.accounts import cli_actor
+    from quaylock.services.tags import Actor
+
+    return Actor(f"cli:{args.actor}" if args.actor else cli_actor())

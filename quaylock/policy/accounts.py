@@ -12,6 +12,7 @@ a user can never pass for a robot or the other way round.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from quaylock.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from quaylock.metadata import audit
 from quaylock.metadata.store import SQLiteStore
 from quaylock.policy import passwords
 from quaylock.policy.limiter import LoginLimiter
@@ -34,6 +36,10 @@ from quaylock.policy.limiter import LoginLimiter
 _SUBJECT_CACHE_MAX = 10_000
 USER_NAME_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 ROBOT_PREFIX = "robot$"
+# Who changes accounts in this request or command, for the audit log: an
+# object with subject, client and user_agent (`services.tags.Actor`), set by
+# the admin API and the command line; unset means "system".
+ACTOR: contextvars.ContextVar = contextvars.ContextVar("account_actor", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +247,24 @@ class Accounts:
             )
         return result
 
+    async def _write(self, fn, action: str, detail: str) -> None:
+        """Run `fn` in a write transaction with its audit record: who (the
+        `ACTOR` of this request or command), what, and never a secret."""
+        by = ACTOR.get()
+        event = audit.AuditEvent(
+            action,
+            by.subject if by else "system",
+            by.client if by else None,
+            by.user_agent if by else None,
+            detail=detail,
+        )
+
+        def write(c):
+            fn(c)
+            audit.append(c, event)
+
+        await self.store.write(write)
+
     async def add_user(
         self, name: str, password: str, admin: bool = False, groups: list[str] = ()
     ) -> None:
@@ -265,20 +289,23 @@ class Accounts:
                 "INSERT INTO user_groups VALUES (?, ?)", [(name, g) for g in groups]
             )
 
-        await self.store.write(write)
+        detail = f"user {name}, admin {bool(admin)}, groups {sorted(groups)}"
+        await self._write(write, "user.add", detail)
 
     async def set_password(
         self, name: str, password: str, stored: str | None = None
     ) -> None:
         """Set a password, or store an already-hashed one (`stored`)."""
         hashed = stored or await asyncio.to_thread(passwords.hash_password, password)
-        await self._update_user(name, "password_hash = ?", (hashed,))
+        await self._update_user(name, "password_hash = ?", (hashed,), "password")
 
     async def set_admin(self, name: str, admin: bool) -> None:
-        await self._update_user(name, "admin = ?", (int(admin),))
+        await self._update_user(name, "admin = ?", (int(admin),), f"admin {admin}")
 
     async def set_disabled(self, name: str, disabled: bool) -> None:
-        await self._update_user(name, "disabled = ?", (int(disabled),))
+        await self._update_user(
+            name, "disabled = ?", (int(disabled),), f"disabled {disabled}"
+        )
 
     async def set_groups(self, name: str, groups: list[str]) -> None:
         def write(c):
@@ -288,7 +315,7 @@ class Accounts:
                 "INSERT INTO user_groups VALUES (?, ?)", [(name, g) for g in groups]
             )
 
-        await self.store.write(write)
+        await self._write(write, "user.update", f"user {name}, groups {sorted(groups)}")
 
     async def delete_user(self, name: str) -> None:
         def write(c):
@@ -300,9 +327,11 @@ class Accounts:
                 (time.time(), name),
             )
 
-        await self.store.write(write)
+        await self._write(write, "user.delete", f"user {name}, and its robots revoked")
 
-    async def _update_user(self, name: str, assignment: str, args: tuple) -> None:
+    async def _update_user(
+        self, name: str, assignment: str, args: tuple, what: str
+    ) -> None:
         def write(c):
             _require_user(c, name)
             c.execute(
@@ -310,7 +339,7 @@ class Accounts:
                 (*args, time.time(), name),
             )
 
-        await self.store.write(write)
+        await self._write(write, "user.update", f"user {name}, {what}")
 
     async def import_htpasswd(self, text: str) -> list[str]:
         """Create users from htpasswd lines with bcrypt hashes; return names.
@@ -341,7 +370,8 @@ class Accounts:
                     (name, hashed, now, now),
                 )
 
-        await self.store.write(write)
+        names = ", ".join(name for name, _ in entries)
+        await self._write(write, "user.add", f"users {names} from htpasswd")
         return [name for name, _ in entries]
 
     # Robots
@@ -381,7 +411,8 @@ class Accounts:
                 ),
             )
 
-        await self.store.write(write)
+        detail = f"robot {full} of {owner}, grants {json.dumps(checked)}"
+        await self._write(write, "robot.add", detail)
         return secret
 
     async def revoke_robot(self, name: str) -> None:
@@ -395,7 +426,7 @@ class Accounts:
             if cursor.rowcount == 0:
                 raise NotFound(f"no active robot {full}")
 
-        await self.store.write(write)
+        await self._write(write, "robot.revoke", f"robot {full}")
 
     def list_robots(self) -> list[dict]:
         rows = self.store.read_all(

@@ -136,10 +136,13 @@ class TagGuard:
         held: Held | None = None
         for where, rule in self.rules_for(repository, c):
             if old is not None and (pattern := _fullmatch_any(rule.immutable, tag)):
+                advice = (
+                    "it stays for good" if new is None else "push a new tag instead"
+                )
                 verb = "deleted" if new is None else "moved"
                 raise Denied(
                     f"tag {tag!r} in {repository} is immutable ({where}, pattern "
-                    f"{pattern!r}) and cannot be {verb}; push a new tag instead"
+                    f"{pattern!r}) and cannot be {verb}; {advice}"
                 )
             if not actor.tag_admin and (pattern := _fullmatch_any(rule.protected, tag)):
                 raise Denied(
