@@ -1,14 +1,18 @@
 """Counters in the Prometheus text format, summed over worker processes.
 
-Each worker counts in memory and, from a thread of its own, at most once a
-second and only when something changed, writes its counters to
-``<data>/metrics/<pid>.json`` (temporary file, then rename). A thread, not an
-event-loop task: the server wakes a worker's loop only when there is I/O, so
-a timer task there could wait for the next request. ``GET /metrics`` answers from whichever worker takes the
-request: its own counters as they are now, plus every other worker's last
-file. Files of workers that exited stay, so totals never go backwards while
-the server runs; `quaylock serve` clears the folder when it starts, which a
-scraper sees as a counter reset.
+Each worker counts in memory and writes its counters to
+``<data>/metrics/<pid>.json`` (temporary file, then rename, no fsync) as
+part of each increment, before the request that counted answers. ``GET
+/metrics`` answers from whichever worker takes the request: its own
+counters plus every other worker's file, each as current as that worker's
+last answered request, so totals seen by a scraper never go backwards.
+(A file written at most once a second made scrapes on different workers
+disagree by up to a second of counts, which Prometheus reads as resets.)
+Counted events are manifest pushes, refusals, holds and signature checks,
+not blob traffic, so a small file write each is cheap beside the database
+commit most of them make anyway. Files of workers that exited stay, so
+totals never go backwards while the server runs; `quaylock serve` clears
+the folder when it starts, which a scraper sees as a counter reset.
 
 Gauges that describe shared state (held names waiting for an admin) are
 read from the metadata store at scrape time, so every worker gives the same
@@ -36,7 +40,6 @@ COUNTERS = {
         "and result (verified, unsigned, invalid)."
     ),
 }
-_FLUSH_SECONDS = 1.0
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -50,44 +53,32 @@ class Metrics:
     def __init__(self, directory: Path | None = None):
         self.directory = directory
         self._counts: dict[str, dict[Labels, float]] = defaultdict(dict)
-        self._dirty = False
         self._lock = threading.Lock()
-        self._flusher: threading.Thread | None = None
 
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
         with self._lock:
             series = self._counts[name]
             series[key] = series.get(key, 0) + value
-            self._dirty = True
-        if self._flusher is None and self.directory is not None:
-            self._flusher = threading.Thread(
-                target=self._flush_every_second, name="metrics", daemon=True
-            )
-            self._flusher.start()
-
-    def _flush_every_second(self) -> None:
-        while True:
-            threading.Event().wait(_FLUSH_SECONDS)
-            self.flush()
+            snapshot = self._snapshot() if self.directory is not None else None
+        if snapshot is not None:
+            self._write(snapshot)
 
     def flush(self) -> None:
-        """Write this worker's counters for the others, if they changed."""
-        if self.directory is None:
-            return
-        with self._lock:
-            if not self._dirty:
-                return
-            self._dirty = False
-            snapshot = self._snapshot()
+        """Write this worker's counters for the others (at shutdown)."""
+        if self.directory is not None:
+            with self._lock:
+                snapshot = self._snapshot()
+            self._write(snapshot)
+
+    def _write(self, snapshot: dict) -> None:
         path = self.directory / f"{os.getpid()}.json"
-        temporary = path.with_suffix(".tmp")
+        temporary = path.with_suffix(f".{threading.get_ident()}.tmp")
         try:
             temporary.write_text(json.dumps(snapshot))
             os.replace(temporary, path)
         except OSError:
-            with self._lock:
-                self._dirty = True  # try again next time
+            pass  # the next increment writes the file again
 
     def _snapshot(self) -> dict:
         return {

@@ -188,3 +188,36 @@ def test_account_changes_are_in_the_audit_log_with_who_made_them(registry):
     assert "carol-pass-1" not in repr(rows)
     verified = cli(registry, "audit", "verify")
     assert verified.returncode == 0, verified.stderr
+
+
+@pytest.mark.parametrize(
+    "path, body, words",
+    [
+        ("/admin/v1/users", {"name": "x1", "password": "12345678", "groups": ["\ud800"]},
+         "invalid account name"),
+        ("/admin/v1/users", {"name": "x2", "password": "1234\ud8005678"},
+         "must be printable text"),
+        ("/admin/v1/users", {"name": "x3", "password": "1234\n5678"},
+         "must be printable text"),
+        ("/admin/v1/robots", {"name": "r1", "owner": "\ud800", "repositories": ["a/**"],
+                              "actions": ["pull"]}, "invalid account name"),
+        ("/admin/v1/robots", {"name": "r2", "owner": "admin", "repositories": ["a/**"],
+                              "actions": ["pull"], "expires_in_seconds": 10**400},
+         "expires_in_seconds must be between 1 and"),
+        ("/admin/v1/robots", {"name": "r3", "owner": "admin", "repositories": ["a/**"],
+                              "actions": ["pull"], "expires_in_seconds": -5},
+         "expires_in_seconds must be between 1 and"),
+        ("/admin/v1/robots", {"name": "r4", "owner": "admin",
+                              "repositories": ["team/\ud800"], "actions": ["pull"]},
+         "must be printable text"),
+    ],
+)  # fmt: skip
+def test_odd_account_input_is_a_400_naming_the_field(registry, path, body, words):
+    import json
+
+    with registry.client() as client:
+        # ASCII JSON, so that lone surrogates travel as escapes.
+        refused = client.post(path, auth=ADMIN, content=json.dumps(body).encode())
+        assert refused.status_code == 400, refused.text
+        assert error_code(refused) == "BAD_REQUEST"
+        assert words in refused.json()["errors"][0]["message"]

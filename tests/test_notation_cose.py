@@ -314,10 +314,8 @@ def test_cose_header_of_the_wrong_types_is_refused_not_raised(pki, tmp_path, cha
     assert not verdict.verified
 
 
-def push_cose_signature(client, repository: str, image: dict, envelope: bytes):
-    push_blob(client, repository, envelope)
-    push_blob(client, repository, b"{}")
-    signature = json.dumps({
+def cose_signature_manifest(image: dict, envelope: bytes, note: str = "") -> bytes:
+    return json.dumps({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "artifactType": NOTATION_ARTIFACT_TYPE,
         "config": {"mediaType": EMPTY_JSON, "digest": sha256(b"{}"), "size": 2},
@@ -325,9 +323,19 @@ def push_cose_signature(client, repository: str, image: dict, envelope: bytes):
                     "size": len(envelope)}],
         "subject": {"mediaType": OCI_MANIFEST, "digest": image["digest"],
                     "size": len(image["manifest"])},
+        "annotations": {"note": note},
     }).encode()  # fmt: skip
+
+
+def push_cose_signature(
+    client, repository: str, image: dict, envelope: bytes, note: str = ""
+) -> str:
+    push_blob(client, repository, envelope)
+    push_blob(client, repository, b"{}")
+    signature = cose_signature_manifest(image, envelope, note)
     stored = push_manifest(client, repository, sha256(signature), signature)
     assert stored.status_code == 201, stored.text
+    return sha256(signature)
 
 
 def test_a_hostile_signature_neither_fails_the_request_nor_hides_a_good_one(
@@ -383,5 +391,37 @@ def test_cose_signature_lets_a_tag_move_under_a_tag_policy(make_server, tmp_path
         stored = push_manifest(client, repository, sha256(signature), signature)
         assert stored.status_code == 201, stored.text
 
+        moved = push_manifest(client, repository, "latest", image["manifest"])
+        assert moved.status_code == 201, moved.text
+
+
+def test_junk_signatures_do_not_bury_a_real_one(make_server, tmp_path):
+    pki = new_pki("ec-p256")
+    root = tmp_path / "root.pem"
+    root.write_bytes(pki.root.cert.public_bytes(serialization.Encoding.PEM))
+    server = make_server({"signatures": {"policies": [
+        {"repositories": ["signed/**"], "mode": "tag", "tags": ["latest"],
+         "notation_roots": [str(root)]},
+    ]}})  # fmt: skip
+    repository = unique_repo("signed/junk")
+    with server.client() as client:
+        image = push_image(client, repository, tag=None, seed=repository)
+        good = cose_envelope(pki, image["digest"], size=len(image["manifest"]))
+        good_digest = push_cose_signature(client, repository, image, good)
+        # Anyone who may push can add signature artifacts that never verify.
+        # These all list before the real one (digest order) and their layers
+        # add up to more than one check reads: the real one must still be
+        # found, because small layers are checked first.
+        pushed, attempt = 0, 0
+        while pushed < 6:
+            attempt += 1
+            junk = bytes([attempt % 256]) * ((1 << 20) - 64) + b"%d" % attempt
+            if sha256(cose_signature_manifest(image, junk, str(attempt))) > good_digest:
+                continue
+            push_cose_signature(client, repository, image, junk, str(attempt))
+            pushed += 1
+        listed = client.get(f"/v2/{repository}/referrers/{image['digest']}").json()
+        digests = [m["digest"] for m in listed["manifests"]]
+        assert digests[-1] == good_digest and len(digests) == 7
         moved = push_manifest(client, repository, "latest", image["manifest"])
         assert moved.status_code == 201, moved.text

@@ -249,6 +249,8 @@ class App:
         self.auth = auth
         self.log_requests = log_requests
         self._admin = admin.Services(auth, registry) if auth is not None else None
+        if auth is not None:
+            auth.accounts.on_event = registry._emit
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":

@@ -33,21 +33,66 @@ from quaylock.policy.accounts import ROBOT_PREFIX, Subject
 ALL_ACTIONS = frozenset({"pull", "push", "delete", "tag-admin"})
 
 
+_STAR, _GLOBSTAR = object(), object()
+
+
 @functools.lru_cache(maxsize=1024)
-def _pattern(pattern: str) -> re.Pattern:
-    parts = []
+def _tokens(pattern: str) -> tuple:
+    """A glob as tokens: characters, `_STAR` (any run inside one path part)
+    and `_GLOBSTAR` (any run at all)."""
+    tokens: list = []
     for piece in re.split(r"(\*\*|\*)", pattern):
         if piece == "**":
-            parts.append(r".*")
+            tokens.append(_GLOBSTAR)
         elif piece == "*":
-            parts.append(r"[^/]*")
+            tokens.append(_STAR)
         else:
-            parts.append(re.escape(piece))
-    return re.compile("".join(parts))
+            tokens.extend(piece)
+    return tuple(tokens)
 
 
 def matches(pattern: str, repository: str) -> bool:
-    return _pattern(pattern).fullmatch(repository) is not None
+    """Whether `repository` matches the glob `pattern` (`*` within one path
+    part, `**` across parts).
+
+    The glob runs as a set of positions advanced one character at a time,
+    so the cost is at most len(pattern) x len(repository) steps whatever
+    the pattern: a regular expression's backtracking would make
+    ``**a**a**a**b`` take seconds on a long name.
+    """
+    if "*" not in pattern:
+        return pattern == repository
+    if pattern.endswith("/**") and "*" not in pattern[:-3]:
+        return repository.startswith(pattern[:-2])
+    tokens = _tokens(pattern)
+    end = len(tokens)
+    states = _skip_stars(tokens, {0})
+    for char in repository:
+        advanced = set()
+        for i in states:
+            if i == end:
+                continue
+            token = tokens[i]
+            if token is _GLOBSTAR or (token is _STAR and char != "/"):
+                advanced.add(i)
+            elif token == char:
+                advanced.add(i + 1)
+        if not advanced:
+            return False
+        states = _skip_stars(tokens, advanced)
+    return end in states
+
+
+def _skip_stars(tokens: tuple, states: set) -> set:
+    """Add the positions after stars, which may match nothing."""
+    pending = list(states)
+    while pending:
+        i = pending.pop()
+        if i < len(tokens) and (tokens[i] is _STAR or tokens[i] is _GLOBSTAR):
+            if i + 1 not in states:
+                states.add(i + 1)
+                pending.append(i + 1)
+    return states
 
 
 def _subject_matches(selector: str, subject: Subject) -> bool:

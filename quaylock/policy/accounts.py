@@ -85,6 +85,9 @@ class Accounts:
         # name -> (subject, time it expires); see `subject`.
         self._cache: dict[str, tuple[Subject, float]] = {}
         self._cache_version = -1
+        # Told of each account change's audit record once it commits
+        # (the server hands these to webhooks and metrics).
+        self.on_event = None
 
     # Logging in
 
@@ -264,6 +267,8 @@ class Accounts:
             audit.append(c, event)
 
         await self.store.write(write)
+        if self.on_event is not None:
+            self.on_event(event)
 
     async def add_user(
         self, name: str, password: str, admin: bool = False, groups: list[str] = ()
@@ -275,7 +280,10 @@ class Accounts:
             BadRequest: not a valid user name.
         """
         check_user_name(name)
-        hashed = await asyncio.to_thread(passwords.hash_password, password)
+        check_groups(groups)
+        hashed = await asyncio.to_thread(
+            passwords.hash_password, check_password(password)
+        )
         now = time.time()
 
         def write(c):
@@ -296,7 +304,9 @@ class Accounts:
         self, name: str, password: str, stored: str | None = None
     ) -> None:
         """Set a password, or store an already-hashed one (`stored`)."""
-        hashed = stored or await asyncio.to_thread(passwords.hash_password, password)
+        hashed = stored or await asyncio.to_thread(
+            passwords.hash_password, check_password(password)
+        )
         await self._update_user(name, "password_hash = ?", (hashed,), "password")
 
     async def set_admin(self, name: str, admin: bool) -> None:
@@ -308,6 +318,9 @@ class Accounts:
         )
 
     async def set_groups(self, name: str, groups: list[str]) -> None:
+        check_user_name(name)
+        check_groups(groups)
+
         def write(c):
             _require_user(c, name)
             c.execute("DELETE FROM user_groups WHERE user_name = ?", (name,))
@@ -318,6 +331,8 @@ class Accounts:
         await self._write(write, "user.update", f"user {name}, groups {sorted(groups)}")
 
     async def delete_user(self, name: str) -> None:
+        check_user_name(name)
+
         def write(c):
             _require_user(c, name)
             c.execute("DELETE FROM user_groups WHERE user_name = ?", (name,))
@@ -332,6 +347,8 @@ class Accounts:
     async def _update_user(
         self, name: str, assignment: str, args: tuple, what: str
     ) -> None:
+        check_user_name(name)
+
         def write(c):
             _require_user(c, name)
             c.execute(
@@ -386,9 +403,14 @@ class Accounts:
         """Create robot ``robot$<name>`` for `owner`; return its secret,
         which is stored only as a hash and cannot be shown again."""
         check_user_name(name)
+        check_user_name(owner)
+        check_expiry(expires_in_seconds)
         full = ROBOT_PREFIX + name
         checked = [
-            {"repositories": list(g["repositories"]), "actions": list(g["actions"])}
+            {
+                "repositories": check_grant_patterns(g["repositories"]),
+                "actions": list(g["actions"]),
+            }
             for g in grants
         ]
         secret = passwords.new_secret()
@@ -411,12 +433,16 @@ class Accounts:
                 ),
             )
 
-        detail = f"robot {full} of {owner}, grants {json.dumps(checked)}"
+        detail = (
+            f"robot {full} of {owner}, grants {json.dumps(checked)}, "
+            f"expires in {expires_in_seconds or 'never'} s"
+        )
         await self._write(write, "robot.add", detail)
         return secret
 
     async def revoke_robot(self, name: str) -> None:
         full = name if name.startswith(ROBOT_PREFIX) else ROBOT_PREFIX + name
+        check_user_name(full[len(ROBOT_PREFIX) :])
 
         def write(c):
             cursor = c.execute(
@@ -477,6 +503,42 @@ def check_user_name(name: str) -> str:
             "joined by single '.', '_' or '-', at most 64 characters"
         )
     return name
+
+
+def check_groups(groups) -> list[str]:
+    """Group names follow the account name rules."""
+    for group in groups:
+        check_user_name(group)
+    return list(groups)
+
+
+def check_password(password: str) -> str:
+    if not password.isprintable():
+        raise BadRequest("a password must be printable text (no control characters)")
+    return password
+
+
+# Robots live at most ten years; refuse what no clock can add.
+ROBOT_MAX_SECONDS = 10 * 365 * 24 * 3600
+
+
+def check_expiry(seconds: int | None) -> int | None:
+    if seconds is not None and not 1 <= seconds <= ROBOT_MAX_SECONDS:
+        raise BadRequest(
+            f"expires_in_seconds must be between 1 and {ROBOT_MAX_SECONDS}, got "
+            f"{str(seconds)[:20]}"
+        )
+    return seconds
+
+
+def check_grant_patterns(patterns) -> list[str]:
+    for pattern in patterns:
+        if not pattern or len(pattern) > 255 or not pattern.isprintable():
+            raise BadRequest(
+                f"repository pattern {pattern[:64]!r} must be printable text of 1 "
+                "to 255 characters"
+            )
+    return list(patterns)
 
 
 def _require_user(c, name: str) -> None:

@@ -18,8 +18,10 @@ Modes:
   counted in ``quaylock_signature_checks_total`` and logged when unsigned,
   and the admin API reports the status of any manifest.
 
-Only positive answers are cached (for a minute): a signature added later is
-seen at once, and a removed one within a minute.
+A manifest's positive answer is cached for a minute: a removed signature
+stops counting within a minute. Negative answers are not, so a signature
+added later is seen at once; only each layer that failed is remembered, and
+skipped, for ten minutes (see `SignatureChecker.status`).
 """
 
 from __future__ import annotations
@@ -48,9 +50,15 @@ from quaylock.policy.signatures import (
 )
 
 # Signature layers read per manifest, signature referrers read per artifact
-# type, and the largest layer.
+# type, the largest signature manifest and layer, and the bytes one check
+# reads in all.
 _MAX_SIGNATURES = 20
-_MAX_REFERRERS = 100
+_MAX_REFERRERS = 1000
+_MAX_SIGNATURE_MANIFEST_BYTES = 64 * 1024
+_MAX_CHECK_BYTES = 4 * 1024 * 1024
+_MAX_VERIFICATIONS = 500
+# How long a layer that failed to verify for a manifest is skipped.
+_FAILED_SECONDS = 600
 _MAX_LAYER_BYTES = 1024 * 1024
 _CACHE_SECONDS = 60
 _CACHE_MAX = 10_000
@@ -83,6 +91,7 @@ class SignatureChecker:
             ]
             self.policies.append((i, policy, roots))
         self._verified: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._failed: OrderedDict[tuple, float] = OrderedDict()
 
     def policy_for(self, repository: str):
         for i, policy, roots in self.policies:
@@ -93,51 +102,75 @@ class SignatureChecker:
     async def status(
         self, repository: str, digest: str, roots: list[TrustRoot]
     ) -> Verdict:
-        """Whether `digest` carries a valid signature in `repository`."""
+        """Whether `digest` carries a valid signature in `repository`.
+
+        Anyone who may push can add signature manifests that do not verify,
+        to bury a real one or to make every check slow. So one check reads
+        at most `_MAX_CHECK_BYTES` of signature manifests and as much of
+        layers, smallest first, verifies at most `_MAX_VERIFICATIONS`, and
+        skips layers already found invalid for this manifest (remembered
+        for `_FAILED_SECONDS`): a real signature is found at the latest
+        after a few checks, and junk costs once.
+        """
         key = (repository, digest)
-        if self._verified.get(key, 0) > time.monotonic():
+        now = time.monotonic()
+        if self._verified.get(key, 0) > now:
             return Verdict(True, None, "verified within the last minute")
-        reasons = []
-        for content in await self._signature_manifests(repository, digest):
+        reasons: list[str] = []
+        # Gather first, smallest first: real signatures are a few kilobytes,
+        # so padding junk with large layers does not put them out of reach.
+        layers: dict[tuple, SignatureLayer] = {}
+        manifest_bytes = 0
+        async for content in self._signature_manifests(repository, digest):
+            manifest_bytes += len(content)
             for layer in signature_layers(content)[:_MAX_SIGNATURES]:
-                if layer.size > _MAX_LAYER_BYTES:
-                    reasons.append(
-                        f"{layer.kind} signature over {_MAX_LAYER_BYTES} bytes"
-                    )
-                    continue
-                body = await self._blob(layer.digest)
-                if body is None:
-                    continue
-                verdict = _verify(layer, body, digest, repository, roots)
-                if verdict.verified:
-                    self._verified[key] = time.monotonic() + _CACHE_SECONDS
-                    while len(self._verified) > _CACHE_MAX:
-                        self._verified.popitem(last=False)
-                    return verdict
-                reasons.append(verdict.reason)
+                failed = (repository, digest, layer.digest, layer.signature_b64)
+                if self._failed.get(failed, 0) <= now:
+                    layers.setdefault(failed, layer)
+            if manifest_bytes > _MAX_CHECK_BYTES:
+                reasons.append("more signature manifests than one check reads")
+                break
+        budget, checked = _MAX_CHECK_BYTES, 0
+        for failed, layer in sorted(layers.items(), key=lambda item: item[1].size):
+            if layer.size > _MAX_LAYER_BYTES:
+                reasons.append(f"{layer.kind} signature over {_MAX_LAYER_BYTES} bytes")
+                continue
+            if layer.size > budget or checked == _MAX_VERIFICATIONS:
+                reasons.append("more signatures than one check reads")
+                break
+            budget -= layer.size
+            checked += 1
+            body = await self._blob(layer.digest)
+            if body is None:
+                continue
+            verdict = _verify(layer, body, digest, repository, roots)
+            if verdict.verified:
+                _remember(self._verified, key, now + _CACHE_SECONDS)
+                return verdict
+            _remember(self._failed, failed, now + _FAILED_SECONDS)
+            reasons.append(verdict.reason)
         reason = "; ".join(reasons[:3]) if reasons else _UNSIGNED
         return Verdict(False, None, reason)
 
-    async def _signature_manifests(self, repository: str, digest: str) -> list[bytes]:
-        found = []
+    async def _signature_manifests(self, repository: str, digest: str):
+        """The cosign ``.sig`` manifest, then signature referrers (cosign and
+        notation artifact types only), each small enough to be one."""
         if digest.startswith("sha256:"):
             tagged = await self.store.get_manifest(
                 repository, signature_candidates(digest)
             )
-            if tagged is not None:
-                found.append(tagged.content)
-        # Only signature artifacts, so that other referrers (SBOMs, or junk
-        # pushed to sort first) cannot crowd signatures out of the window.
-        rows = []
+            if tagged is not None and tagged.size <= _MAX_SIGNATURE_MANIFEST_BYTES:
+                yield tagged.content
         for artifact_type in (COSIGN_ARTIFACT_TYPE, NOTATION_ARTIFACT_TYPE):
-            rows += await self.store.list_referrers(
+            rows = await self.store.list_referrers(
                 repository, digest, artifact_type, None, _MAX_REFERRERS
             )
-        for row in rows:
-            manifest = await self.store.get_manifest(repository, row[0])
-            if manifest is not None:
-                found.append(manifest.content)
-        return found
+            for ref_digest, _, size, _, _ in rows:
+                if size > _MAX_SIGNATURE_MANIFEST_BYTES:
+                    continue
+                manifest = await self.store.get_manifest(repository, ref_digest)
+                if manifest is not None:
+                    yield manifest.content
 
     async def _blob(self, digest: str) -> bytes | None:
         parts = []
@@ -197,6 +230,13 @@ class SignatureChecker:
                 f"{repository}@{manifest.digest} has no valid signature "
                 f"(signatures.policies[{i}], mode pull): {verdict.reason}"
             )
+
+
+def _remember(cache: OrderedDict, key, until: float) -> None:
+    cache[key] = until
+    cache.move_to_end(key)
+    while len(cache) > _CACHE_MAX:
+        cache.popitem(last=False)
 
 
 def _verify(
