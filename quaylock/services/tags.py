@@ -134,7 +134,10 @@ class TagGuard:
         # A hold waits until every rule has had its say: a later rule that
         # refuses outright wins over an earlier one that would hold.
         held: Held | None = None
-        for where, rule in self.rules_for(repository, c):
+        # One read of the policy version per move: the look-alike check
+        # below reads the allowed names loaded here (`self._loaded`).
+        rules = self.rules_for(repository, c)
+        for where, rule in rules:
             if old is not None and (pattern := _fullmatch_any(rule.immutable, tag)):
                 advice = (
                     "it stays for good" if new is None else "push a new tag instead"
@@ -171,7 +174,7 @@ class TagGuard:
             cached[1].append(tag)
 
     def _check_lookalike(self, store, c, repository, tag, rule, where, actor) -> None:
-        if tag in rule.lookalike_allow or self._allowed("tag", repository, tag, c):
+        if tag in rule.lookalike_allow or ("tag", repository, tag) in self._loaded[2]:
             return
         found = find_lookalikes(
             tag, self._guarded(store, c, repository, rule), kind="tag"
