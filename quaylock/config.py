@@ -54,14 +54,89 @@ class MetadataConfig:
     url: str = ""
 
 
+GiB = 1024 * 1024 * 1024
+
+
 @dataclass
 class LimitsConfig:
     # Largest manifest accepted on push; pull refuses nothing smaller.
     manifest_max_bytes: int = 4 * 1024 * 1024
+    # Largest blob, whether pushed in one request or in chunks.
+    blob_max_bytes: int = 16 * GiB
+    # Largest single chunk (PATCH, or the body of the closing PUT or of a
+    # monolithic POST); 0: as large as a blob may be.
+    chunk_max_bytes: int = 0
+    # Most layers in an image manifest, and most children in an index.
+    manifest_max_layers: int = 1024
+    index_max_children: int = 1024
+    # Largest body on a request that uploads nothing (GET, HEAD, DELETE).
+    body_max_bytes: int = 64 * 1024
+    # Per repository pattern: [{repositories: [...], blob_max_bytes: ...}];
+    # the first entry that matches sets the size limits it names.
+    overrides: list = field(default_factory=list)
     # Largest `n` honoured on tags list, catalog and referrers.
     page_max_entries: int = 1000
     # Default page size when the client gives no `n`.
     page_default_entries: int = 100
+
+
+# The limits an entry of limits.overrides may set.
+SIZE_LIMITS = (
+    "manifest_max_bytes",
+    "blob_max_bytes",
+    "chunk_max_bytes",
+    "manifest_max_layers",
+    "index_max_children",
+)
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """The size limits that apply in one repository, and the setting each
+    came from (for messages: "limits.overrides[0].blob_max_bytes")."""
+
+    values: dict
+    sources: dict
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def size_limits(limits: LimitsConfig, repository: str) -> SizeLimits:
+    """The size limits for `repository`: the defaults, with the first
+    matching entry of `limits.overrides` laid over them."""
+    from quaylock.policy.access import matches  # noqa: PLC0415 - import cycle
+
+    values = {name: getattr(limits, name) for name in SIZE_LIMITS}
+    sources = {name: f"limits.{name}" for name in SIZE_LIMITS}
+    for i, override in enumerate(limits.overrides):
+        if any(matches(p, repository) for p in override["repositories"]):
+            for name in SIZE_LIMITS:
+                if name in override:
+                    values[name] = override[name]
+                    sources[name] = f"limits.overrides[{i}].{name}"
+            break
+    if not values["chunk_max_bytes"]:
+        values["chunk_max_bytes"] = values["blob_max_bytes"]
+        sources["chunk_max_bytes"] = sources["blob_max_bytes"]
+    return SizeLimits(values, sources)
+
+
+@dataclass
+class UploadsConfig:
+    # Open upload sessions one subject may hold (with authentication on),
+    # and one client address.
+    max_sessions_per_subject: int = 64
+    max_sessions_per_address: int = 256
+    # Bytes staged in all open sessions together.
+    staged_max_bytes: int = 64 * GiB
+    # A session untouched this long expires; its bytes are purged.
+    idle_seconds: int = 3600
+    # How often each worker looks for expired sessions.
+    purge_interval_seconds: int = 60
 
 
 @dataclass
@@ -190,6 +265,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    uploads: UploadsConfig = field(default_factory=UploadsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
@@ -263,6 +339,16 @@ def _check(config: Config) -> None:
         raise ConfigError("server.workers: expected at least 1")
     if config.limits.page_max_entries < 1:
         raise ConfigError("limits.page_max_entries: expected at least 1")
+    for name in ("manifest_max_bytes", "blob_max_bytes", "body_max_bytes"):
+        if getattr(config.limits, name) < 1:
+            raise ConfigError(f"limits.{name}: expected at least 1")
+    config.limits.overrides = [
+        _limit_override(i, raw) for i, raw in enumerate(config.limits.overrides)
+    ]
+    if config.uploads.idle_seconds < 1 or config.uploads.purge_interval_seconds < 1:
+        raise ConfigError(
+            "uploads.idle_seconds and uploads.purge_interval_seconds: expected at least 1"
+        )
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither")
     if config.auth.mode not in AUTH_MODES:
@@ -314,6 +400,34 @@ WEBHOOK_EVENTS = (
     "tag.create", "tag.move", "tag.delete", "manifest.delete", "push",
     "refused", "alert", "held", "hold.approve", "hold.reject",
 )  # fmt: skip
+
+
+def _limit_override(i: int, raw) -> dict:
+    where = f"limits.overrides[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    unknown = sorted(set(raw) - {"repositories", *SIZE_LIMITS})
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; use repositories and any of "
+            f"{', '.join(SIZE_LIMITS)}"
+        )
+    patterns = raw.get("repositories")
+    if (
+        not isinstance(patterns, list)
+        or not patterns
+        or not all(isinstance(p, str) and p.isprintable() for p in patterns)
+    ):
+        raise ConfigError(
+            f"{where}.repositories: expected a non-empty list of patterns"
+        )
+    for name in SIZE_LIMITS:
+        value = raw.get(name)
+        if name in raw and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            raise ConfigError(f"{where}.{name}: expected a whole number >= 0")
+    return dict(raw)
 
 
 SIGNATURE_MODES = ("tag", "pull", "audit")

@@ -27,6 +27,7 @@ from quaylock.errors import (
     MethodNotAllowed,
     NotFound,
     RegistryError,
+    TooLarge,
     Unauthorized,
 )
 from quaylock.metadata.store import open_store
@@ -116,6 +117,8 @@ ROUTES = [
     ),
 ]
 _LOGIN = {"GET": "login", "HEAD": "login"}
+# Methods that upload nothing: their bodies are held to limits.body_max_bytes.
+_NO_UPLOAD_METHODS = frozenset({"GET", "HEAD", "DELETE"})
 # Routes that need no credentials at all (api/status.py).
 PUBLIC: dict = {}
 EXACT_ROUTES = {
@@ -251,6 +254,19 @@ class App:
         self._admin = admin.Services(auth, registry) if auth is not None else None
         if auth is not None:
             auth.accounts.on_event = registry._emit
+        self._purger: asyncio.Task | None = None
+
+    async def _purge_uploads(self) -> None:
+        """Remove expired upload sessions and their bytes, every
+        `uploads.purge_interval_seconds`, in every worker (deleting a
+        session is atomic, so workers never purge one twice)."""
+        interval = self.registry.config.uploads.purge_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.registry.uploads.purge_expired()
+            except Exception:  # noqa: BLE001 - keep purging on the next pass
+                log.logger.exception("purging expired uploads failed")
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -262,8 +278,11 @@ class App:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._purger = asyncio.create_task(self._purge_uploads())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._purger is not None:
+                    self._purger.cancel()
                 self.registry.metrics.flush()
                 self.registry.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -292,6 +311,16 @@ class App:
                 raise MethodNotAllowed(
                     f"{scope['method']} is not allowed on {route.template}"
                 )
+            if scope["method"] in _NO_UPLOAD_METHODS:
+                declared = request.content_length()
+                limit = self.registry.config.limits.body_max_bytes
+                if declared is not None and declared > limit:
+                    raise TooLarge(
+                        f"a {scope['method']} request carries no upload, but its "
+                        f"body is {declared} bytes; the limit is {limit} bytes "
+                        "(limits.body_max_bytes)",
+                        detail={"limit": limit, "size": declared},
+                    )
             if "name" in params:
                 _checked_name(params["name"])
             if "upload_id" in params and not paths.is_upload_id(params["upload_id"]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quaylock import oci
 from quaylock.api.http import Request, Response, actor_of, header
+from quaylock.config import size_limits
 from quaylock.errors import ManifestUnknown
 from quaylock.services.registry import Registry
 
@@ -34,7 +35,7 @@ async def get_manifest(registry: Registry, request: Request) -> Response:
 
 async def put_manifest(registry: Registry, request: Request) -> Response:
     name = request.params["name"]
-    limit = registry.config.limits.manifest_max_bytes
+    limit = size_limits(registry.config.limits, name).manifest_max_bytes
     content = await request.body(limit)
     manifest = await registry.put_manifest(
         name,

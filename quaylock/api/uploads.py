@@ -13,7 +13,18 @@ from quaylock.errors import DigestInvalid, RangeInvalid
 from quaylock.metadata.store import UploadRecord
 from quaylock.oci import Digest
 from quaylock.services.registry import Registry
-from quaylock.services.uploads import parse_content_range
+from quaylock.services.uploads import Owner, parse_content_range
+
+
+def owner_of(request: Request) -> Owner:
+    """The session owner: the subject (with authentication on) and the
+    client address."""
+    subject = request.subject
+    return Owner(
+        subject=subject.label if subject is not None else "anonymous",
+        client=(request.scope.get("client") or ("", 0))[0],
+        per_subject=subject is not None,
+    )
 
 
 def _session_headers(name: str, upload_id: str, size: int) -> list[tuple[bytes, bytes]]:
@@ -51,16 +62,19 @@ async def start_blob_upload(registry: Registry, request: Request) -> Response:
     # end-4b: the whole blob in this one request.
     elif "digest" in query:
         digest = Digest.parse(query["digest"])
-        await registry.uploads.put_monolithic(name, digest, request.body_chunks())
+        await registry.uploads.put_monolithic(
+            name, digest, request.body_chunks, request.content_length(),
+            owner_of(request),
+        )  # fmt: skip
         return _blob_created(name, digest)
 
-    record = await registry.uploads.start(name)
+    record = await registry.uploads.start(name, owner_of(request))
     return Response(202, _session_headers(name, record.upload_id, 0))
 
 
 async def _session(registry: Registry, request: Request) -> UploadRecord:
     return await registry.uploads.get(
-        request.params["name"], request.params["upload_id"]
+        request.params["name"], request.params["upload_id"], owner_of(request)
     )
 
 
@@ -78,7 +92,7 @@ async def patch_blob_upload(registry: Registry, request: Request) -> Response:
         content_range = parse_content_range(request.headers["content-range"])
     try:
         size = await registry.uploads.append(
-            record, request.body_chunks(), content_range, request.content_length()
+            record, request.body_chunks, content_range, request.content_length()
         )
     except RangeInvalid as exc:
         current = await registry.uploads.get(record.repository, record.upload_id)
@@ -101,7 +115,7 @@ async def put_blob_upload(registry: Registry, request: Request) -> Response:
     if "content-range" in request.headers:
         content_range = parse_content_range(request.headers["content-range"])
     await registry.uploads.finish(
-        record, digest, request.body_chunks(), content_range, request.content_length()
+        record, digest, request.body_chunks, content_range, request.content_length()
     )
     return _blob_created(record.repository, digest)
 

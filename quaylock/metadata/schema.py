@@ -162,6 +162,15 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO policy_version VALUES (1, 0);
     """,
+    # 5: an upload session belongs to the subject that opened it, from one
+    # client address; both are counted against the session limits.
+    """
+    ALTER TABLE uploads ADD COLUMN subject TEXT NOT NULL DEFAULT 'anonymous';
+    ALTER TABLE uploads ADD COLUMN client TEXT NOT NULL DEFAULT '';
+    CREATE INDEX uploads_subject ON uploads (subject);
+    CREATE INDEX uploads_client ON uploads (client);
+    CREATE INDEX uploads_updated ON uploads (updated_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -59,6 +59,9 @@ class UploadRecord:
     size: int
     created_at: float
     updated_at: float
+    # Who opened the session, and from where (see services.uploads).
+    subject: str = "anonymous"
+    client: str = ""
 
 
 @dataclass(slots=True)
@@ -268,20 +271,62 @@ class SQLiteStore:
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
         row = self._one(
-            "SELECT upload_id, repository, size, created_at, updated_at "
-            "FROM uploads WHERE upload_id = ?",
+            "SELECT upload_id, repository, size, created_at, updated_at, subject, "
+            "client FROM uploads WHERE upload_id = ?",
             (upload_id,),
         )
         return None if row is None else UploadRecord(*row)
 
+    def upload_counts(self, subject: str, client: str, since: float) -> tuple[int, int]:
+        """Open sessions (touched since `since`) of `subject`, and of `client`."""
+        (by_subject,) = self._one(
+            "SELECT count(*) FROM uploads WHERE subject = ? AND updated_at >= ?",
+            (subject, since),
+        )
+        (by_client,) = self._one(
+            "SELECT count(*) FROM uploads WHERE client = ? AND updated_at >= ?",
+            (client, since),
+        )
+        return by_subject, by_client
+
+    def staged_bytes(self) -> int:
+        (total,) = self._one("SELECT coalesce(sum(size), 0) FROM uploads", ())
+        return total
+
+    def expired_uploads(self, before: float, limit: int) -> list[str]:
+        return [
+            upload_id
+            for (upload_id,) in self._reader.execute(
+                "SELECT upload_id FROM uploads WHERE updated_at < ? LIMIT ?",
+                (before, limit),
+            )
+        ]
+
     # Writes
 
-    async def create_upload(self, upload_id: str, repository: str) -> None:
+    async def create_upload(
+        self, upload_id: str, repository: str, subject: str, client: str
+    ) -> None:
         now = time.time()
         await self._write(
             lambda c: c.execute(
-                "INSERT INTO uploads VALUES (?, ?, 0, ?, ?)",
-                (upload_id, repository, now, now),
+                "INSERT INTO uploads (upload_id, repository, size, created_at, "
+                "updated_at, subject, client) VALUES (?, ?, 0, ?, ?, ?, ?)",
+                (upload_id, repository, now, now, subject, client),
+            ),
+            durable=False,
+        )
+
+    async def delete_expired_upload(self, upload_id: str, before: float) -> bool:
+        """Delete the session if it is still idle since `before`; whether
+        this call deleted it (several workers may purge at once)."""
+        return await self._write(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM uploads WHERE upload_id = ? AND updated_at < ?",
+                    (upload_id, before),
+                ).rowcount
+                > 0
             ),
             durable=False,
         )

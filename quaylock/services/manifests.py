@@ -41,6 +41,9 @@ class ParsedManifest:
     artifact_type: str | None = None
     subject: str | None = None
     annotations: dict | None = None
+    # Layers of an image manifest, or children of an index, as listed.
+    layers: int = 0
+    children: int = 0
 
 
 def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
@@ -202,6 +205,7 @@ def _parse_image(body: dict, media_type: str) -> ParsedManifest:
             continue
         parsed.references.append(Reference(d.digest, "blob", d.size))
     parsed.artifact_type = _artifact_type(body) or config.media_type
+    parsed.layers = len(layers)
     return parsed
 
 
@@ -214,6 +218,7 @@ def _parse_index(body: dict, media_type: str) -> ParsedManifest:
         d = _descriptor(child, f"manifests[{i}]")
         parsed.references.append(Reference(d.digest, "manifest", d.size))
     parsed.artifact_type = _artifact_type(body)
+    parsed.children = len(manifests)
     return parsed
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from quaylock import oci
-from quaylock.config import Config
+from quaylock.config import Config, size_limits
 from quaylock.errors import (
     BlobUnknown,
     Denied,
@@ -79,7 +79,7 @@ class Registry:
         self.driver = driver
         self.store = store
         self.metrics = metrics or Metrics()
-        self.uploads = UploadService(driver, store)
+        self.uploads = UploadService(driver, store, config)
         self.tags = TagGuard(config.tags, store)
         self.tag_admin = TagAdmin(self)
         self.signing = SignatureChecker(config.signatures, store, driver, self.metrics)
@@ -173,7 +173,7 @@ class Registry:
             DigestInvalid: `reference` is a digest the content does not have.
             ManifestBlobUnknown: a blob or child manifest is not here.
         """
-        self.check_manifest_size(len(content))
+        self.check_manifest_size(len(content), repository)
         tag = None
         if oci.is_digest(reference):
             expected = Digest.parse(reference)
@@ -192,6 +192,17 @@ class Registry:
             parsed = await asyncio.to_thread(parse_manifest, content, content_type)
         else:
             parsed = parse_manifest(content, content_type)
+        limits = size_limits(self.config.limits, repository)
+        for count, name, what in (
+            (parsed.layers, "manifest_max_layers", "layers"),
+            (parsed.children, "index_max_children", "child manifests"),
+        ):
+            if count > limits.values[name]:
+                raise TooLarge(
+                    f"manifest lists {count} {what}; manifests in {repository} may "
+                    f"list at most {limits.values[name]} ({limits.sources[name]})",
+                    detail={"limit": limits.values[name], "size": count},
+                )
         record = ManifestRecord(
             digest=str(digest),
             media_type=parsed.media_type,
@@ -347,11 +358,13 @@ class Registry:
             self._emit(event)
         return result
 
-    def check_manifest_size(self, size: int) -> None:
-        limit = self.config.limits.manifest_max_bytes
+    def check_manifest_size(self, size: int, repository: str = "") -> None:
+        limits = size_limits(self.config.limits, repository)
+        limit = limits.manifest_max_bytes
         if size > limit:
             raise TooLarge(
-                f"manifest is {size} bytes; the limit is {limit} bytes",
+                f"manifest is {size} bytes; the limit is {limit} bytes "
+                f"({limits.sources['manifest_max_bytes']})",
                 detail={"limit": limit, "size": size},
             )
 

@@ -22,16 +22,22 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from quaylock import log
+from quaylock.config import Config, size_limits
 from quaylock.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
     RangeInvalid,
     SizeInvalid,
+    TooLarge,
+    TooManyRequests,
+    Unavailable,
 )
 from quaylock.metadata.store import SQLiteStore, UploadRecord
 from quaylock.oci import Digest, is_number
@@ -42,6 +48,23 @@ BATCH_BYTES = 1024 * 1024
 # a thread hop costs more.
 INLINE_HASH_BYTES = 64 * 1024
 _RUNNING_HASHES_MAX = 4096
+# Expired sessions purged per pass.
+_PURGE_BATCH = 100
+_RETRY_SECONDS = "60"
+
+# A request body, read with at most this many bytes.
+Body = Callable[[int], AsyncIterator[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who opens a session, and from where: only they may use it."""
+
+    subject: str = "anonymous"
+    client: str = ""
+    # Count sessions per subject (with authentication on; without it,
+    # everyone is "anonymous" and only the address tells clients apart).
+    per_subject: bool = True
 
 
 @dataclass(slots=True)
@@ -79,38 +102,145 @@ def new_upload_id() -> str:
 class UploadService:
     """Upload sessions over a blob driver and the metadata store."""
 
-    def __init__(self, driver: BlobDriver, store: SQLiteStore):
+    def __init__(self, driver: BlobDriver, store: SQLiteStore, config: Config):
         self.driver = driver
         self.store = store
+        self.config = config
         # upload_id -> (committed offset, sha256 of bytes [0, offset))
         self._hashes: OrderedDict[str, tuple[int, object]] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def start(self, repository: str) -> UploadRecord:
-        upload_id = new_upload_id()
-        await self.driver.start_upload(upload_id)
-        await self.store.create_upload(upload_id, repository)
-        self._hashes[upload_id] = (0, hashlib.sha256())
-        self._trim_hashes()
-        return UploadRecord(upload_id, repository, 0, 0.0, 0.0)
-
-    async def get(self, repository: str, upload_id: str) -> UploadRecord:
-        """Return the session, which must belong to `repository`.
+    async def start(self, repository: str, owner: Owner = Owner()) -> UploadRecord:
+        """Open a session for `owner`.
 
         Raises:
-            BlobUploadUnknown: no such session in this repository.
+            TooManyRequests: the owner, or its address, has as many open
+                sessions as `uploads.max_sessions_per_*` allows.
+        """
+        limits = self.config.uploads
+        since = time.time() - limits.idle_seconds
+        by_subject, by_client = self.store.upload_counts(
+            owner.subject, owner.client, since
+        )
+        for count, limit, setting, who in (
+            (by_subject, limits.max_sessions_per_subject, "max_sessions_per_subject",
+             owner.subject),
+            (by_client, limits.max_sessions_per_address, "max_sessions_per_address",
+             owner.client),
+        ):  # fmt: skip
+            if setting.endswith("subject") and not owner.per_subject:
+                continue
+            if count >= limit:
+                error = TooManyRequests(
+                    f"{who} has {count} open upload sessions; the limit is {limit} "
+                    f"(uploads.{setting}): finish or cancel some, or wait "
+                    f"{limits.idle_seconds} s for idle ones to expire"
+                )
+                error.headers["Retry-After"] = _RETRY_SECONDS
+                raise error
+        upload_id = new_upload_id()
+        await self.driver.start_upload(upload_id)
+        await self.store.create_upload(
+            upload_id, repository, owner.subject, owner.client
+        )
+        self._hashes[upload_id] = (0, hashlib.sha256())
+        self._trim_hashes()
+        return UploadRecord(
+            upload_id, repository, 0, 0.0, 0.0, owner.subject, owner.client
+        )
+
+    async def get(
+        self, repository: str, upload_id: str, owner: Owner | None = None
+    ) -> UploadRecord:
+        """Return the session, which must belong to `repository`, to
+        `owner` (when given) and not have expired.
+
+        Raises:
+            BlobUploadUnknown: no such session here for this owner; the
+                answer is the same whoever's session it is.
         """
         record = await self.store.get_upload(upload_id)
-        if record is None or record.repository != repository:
+        idle = time.time() - self.config.uploads.idle_seconds
+        if (
+            record is None
+            or record.repository != repository
+            or (owner is not None and record.subject != owner.subject)
+            or record.updated_at < idle
+        ):
             raise BlobUploadUnknown(
                 f"upload {upload_id[:64]} is not open in {repository}"
             )
         return record
 
+    def _chunk_limit(self, record: UploadRecord, declared: int | None) -> int:
+        """The most bytes the next chunk of `record` may carry; refuses at
+        once what a declared length already breaks.
+
+        Raises:
+            TooLarge: `declared` is over the chunk or the blob limit.
+            Unavailable: the staged bytes of all sessions are at their cap.
+        """
+        limits = size_limits(self.config.limits, record.repository)
+        blob_left = limits.blob_max_bytes - record.size
+        staged_left = self.config.uploads.staged_max_bytes - self.store.staged_bytes()
+        if staged_left <= 0 or (declared is not None and declared > staged_left):
+            error = Unavailable(
+                "uploads in progress hold all the staging space the registry "
+                f"allows ({self.config.uploads.staged_max_bytes} bytes, "
+                "uploads.staged_max_bytes); try again later"
+            )
+            error.headers["Retry-After"] = _RETRY_SECONDS
+            raise error
+        if declared is not None:
+            self._check_size(record, limits, record.size + declared, declared)
+        return min(limits.chunk_max_bytes, blob_left, staged_left)
+
+    def _check_size(self, record: UploadRecord, limits, total: int, chunk: int) -> None:
+        if chunk > limits.chunk_max_bytes:
+            raise TooLarge(
+                f"a chunk of {chunk} bytes is over the limit of "
+                f"{limits.chunk_max_bytes} bytes ({limits.sources['chunk_max_bytes']})",
+                detail={"limit": limits.chunk_max_bytes, "size": chunk},
+            )
+        if total > limits.blob_max_bytes:
+            raise TooLarge(
+                f"the blob would be {total} bytes; blobs in {record.repository} "
+                f"may be at most {limits.blob_max_bytes} bytes "
+                f"({limits.sources['blob_max_bytes']})",
+                detail={"limit": limits.blob_max_bytes, "size": total},
+            )
+
+    async def _staged(
+        self, record: UploadRecord, body: Body, declared: int | None
+    ) -> int:
+        """Stage one chunk under the size limits. A chunk over a limit ends
+        the session: it answers 413 and its staged bytes are deleted."""
+        try:
+            limit = self._chunk_limit(record, declared)
+        except TooLarge:
+            await self._discard(record)
+            raise
+        try:
+            return await self._stage(record, body(limit))
+        except TooLarge:
+            limits = size_limits(self.config.limits, record.repository)
+            await self._discard(record)
+            try:
+                self._check_size(record, limits, record.size + limit + 1, limit + 1)
+            except TooLarge as exact:
+                raise exact from None
+            error = Unavailable(
+                "uploads in progress hold all the staging space the registry "
+                f"allows ({self.config.uploads.staged_max_bytes} bytes, "
+                "uploads.staged_max_bytes); try again later"
+            )
+            error.headers["Retry-After"] = _RETRY_SECONDS
+            raise error from None
+
     async def append(
         self,
         record: UploadRecord,
-        body: AsyncIterator[bytes],
+        body: Body,
         content_range: ChunkRange | None,
         content_length: int | None,
     ) -> int:
@@ -119,11 +249,13 @@ class UploadService:
         Raises:
             RangeInvalid: the chunk does not start where the session ends,
                 or its length disagrees with its range. Nothing is written.
+            TooLarge: the chunk or the blob is over its limit; the session
+                and its staged bytes are gone.
         """
         async with self._hold(record.upload_id):
             record = await self.get(record.repository, record.upload_id)
             self._check_range(record, content_range, content_length)
-            size = await self._stage(record, body)
+            size = await self._staged(record, body, content_length)
             if content_range is not None and size - record.size != content_range.length:
                 await self._undo(record)
                 raise RangeInvalid(
@@ -137,7 +269,7 @@ class UploadService:
         self,
         record: UploadRecord,
         digest: Digest,
-        body: AsyncIterator[bytes] | None,
+        body: Body | None,
         content_range: ChunkRange | None = None,
         content_length: int | None = None,
     ) -> int:
@@ -149,13 +281,14 @@ class UploadService:
             RangeInvalid: the last chunk is out of order; nothing changes.
             DigestInvalid: the bytes do not match `digest`; the last chunk is
                 discarded and the session stays open.
+            TooLarge: as for `append`.
         """
         async with self._hold(record.upload_id):
             record = await self.get(record.repository, record.upload_id)
             size = record.size
             if body is not None:
                 self._check_range(record, content_range, content_length)
-                size = await self._stage(record, body)
+                size = await self._staged(record, body, content_length)
                 received = size - record.size
                 if content_range is not None and received != content_range.length:
                     await self._undo(record)
@@ -182,20 +315,44 @@ class UploadService:
 
     async def cancel(self, record: UploadRecord) -> None:
         async with self._hold(record.upload_id):
-            await self.store.delete_upload(record.upload_id)
-            await self.driver.abort_upload(record.upload_id)
-            self._forget(record.upload_id)
+            await self._discard(record)
+
+    async def _discard(self, record: UploadRecord) -> None:
+        await self.store.delete_upload(record.upload_id)
+        await self.driver.abort_upload(record.upload_id)
+        self._forget(record.upload_id)
 
     async def put_monolithic(
-        self, repository: str, digest: Digest, body: AsyncIterator[bytes]
+        self,
+        repository: str,
+        digest: Digest,
+        body: Body,
+        content_length: int | None = None,
+        owner: Owner = Owner(),
     ) -> int:
         """Store a whole blob sent in one request (POST with ?digest=)."""
-        record = await self.start(repository)
+        record = await self.start(repository, owner)
         try:
-            return await self.finish(record, digest, body)
+            return await self.finish(record, digest, body, None, content_length)
         except BaseException:
-            await self.cancel(record)
+            with contextlib.suppress(BlobUploadUnknown):
+                await self.cancel(record)
             raise
+
+    async def purge_expired(self) -> int:
+        """Delete sessions idle past `uploads.idle_seconds`, and their
+        staged bytes; return how many this call removed."""
+        before = time.time() - self.config.uploads.idle_seconds
+        removed = 0
+        for upload_id in self.store.expired_uploads(before, _PURGE_BATCH):
+            if await self.store.delete_expired_upload(upload_id, before):
+                with contextlib.suppress(PathNotFound):
+                    await self.driver.abort_upload(upload_id)
+                self._forget(upload_id)
+                removed += 1
+        if removed:
+            log.event(log.logger, 20, "expired upload sessions purged", count=removed)
+        return removed
 
     # Steps
 

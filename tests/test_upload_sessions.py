@@ -1,0 +1,117 @@
+"""Upload sessions on a running server: they belong to whoever opened
+them, are limited per subject and per client address, share a cap on
+staged bytes, and expire when idle, their bytes purged in the background."""
+
+from __future__ import annotations
+
+import time
+
+from tests.helpers import error_code, sha256, unique_repo
+from tests.test_auth_clients import PASSWORD, add_user
+from tests.test_limits import staged_files, stream
+
+
+def bearer(server, credentials, repository: str) -> dict:
+    with server.client() as client:
+        token = client.get(
+            "/v2/token",
+            params={"service": "quaylock",
+                    "scope": f"repository:{repository}:pull,push,delete"},
+            auth=credentials,
+        ).json()["token"]  # fmt: skip
+    return {"authorization": f"Bearer {token}"}
+
+
+def test_a_session_belongs_to_the_subject_that_opened_it(make_server):
+    rule = {"subjects": ["user:alice", "user:bob"], "repositories": ["shared/**"],
+            "actions": ["pull", "push"]}  # fmt: skip
+    server = make_server({"auth": {"mode": "token", "rules": [rule]}})
+    add_user(server, "alice")
+    add_user(server, "bob")
+    repo = unique_repo("shared/app")
+    alice = bearer(server, ("alice", PASSWORD["alice"]), repo)
+    bob = bearer(server, ("bob", PASSWORD["bob"]), repo)
+    data = b"alice's bytes"
+    with server.client() as client:
+        location = client.post(f"/v2/{repo}/blobs/uploads/", headers=alice).headers[
+            "location"
+        ]
+        # bob may push to the repository, but not into alice's session.
+        for method, extra in (("GET", {}), ("PATCH", {"content": b"evil"}),
+                              ("PUT", {"params": {"digest": sha256(b"evil")}}),
+                              ("DELETE", {})):  # fmt: skip
+            answer = client.request(method, location, headers=bob, **extra)
+            assert answer.status_code == 404, (method, answer.text)
+            assert error_code(answer) == "BLOB_UPLOAD_UNKNOWN"
+        done = client.put(location, headers=alice, params={"digest": sha256(data)},
+                          content=data)  # fmt: skip
+        assert done.status_code == 201, done.text
+
+
+def test_open_sessions_are_limited_per_address(make_server):
+    server = make_server({"uploads": {"max_sessions_per_address": 3}})
+    repo = unique_repo("sessions")
+    with server.client() as client:
+        opened = [client.post(f"/v2/{repo}/blobs/uploads/") for _ in range(3)]
+        assert [r.status_code for r in opened] == [202] * 3
+        refused = client.post(f"/v2/{repo}/blobs/uploads/")
+        assert refused.status_code == 429
+        assert error_code(refused) == "TOOMANYREQUESTS"
+        assert refused.headers["retry-after"] == "60"
+        message = refused.json()["errors"][0]["message"]
+        assert "3 open upload sessions; the limit is 3" in message
+        assert "uploads.max_sessions_per_address" in message
+        assert client.delete(opened[0].headers["location"]).status_code == 204
+        assert client.post(f"/v2/{repo}/blobs/uploads/").status_code == 202
+
+
+def test_open_sessions_are_limited_per_subject(make_server):
+    server = make_server({"auth": {"mode": "token"},
+                          "uploads": {"max_sessions_per_subject": 2}})  # fmt: skip
+    add_user(server, "alice")
+    repo = "alice/app"
+    headers = bearer(server, ("alice", PASSWORD["alice"]), repo)
+    with server.client() as client:
+        for _ in range(2):
+            opened = client.post(f"/v2/{repo}/blobs/uploads/", headers=headers)
+            assert opened.status_code == 202
+        refused = client.post(f"/v2/{repo}/blobs/uploads/", headers=headers)
+        assert refused.status_code == 429
+        assert "uploads.max_sessions_per_subject" in refused.text
+
+
+def test_idle_sessions_expire_and_their_bytes_are_purged(make_server):
+    server = make_server({"uploads": {"idle_seconds": 1, "purge_interval_seconds": 1}})
+    repo = unique_repo("idle")
+    with server.client() as client:
+        location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        assert client.patch(location, content=b"x" * 4096).status_code == 202
+        assert len(staged_files(server)) == 1
+    deadline = time.monotonic() + 10
+    while staged_files(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert staged_files(server) == [], "the purge left the staged bytes"
+    with server.client() as client:
+        assert client.get(location).status_code == 404
+        assert client.patch(location, content=b"more").status_code == 404
+
+
+def test_staged_bytes_of_all_sessions_share_one_cap(make_server):
+    server = make_server({"uploads": {"staged_max_bytes": 100 * 1024}})
+    repo = unique_repo("staged")
+    with server.client() as client:
+        first = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        assert client.patch(first, content=b"a" * (80 * 1024)).status_code == 202
+        second = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        declared = client.patch(second, content=b"b" * (40 * 1024))
+        assert declared.status_code == 503
+        assert error_code(declared) == "UNAVAILABLE"
+        assert declared.headers["retry-after"] == "60"
+        assert "uploads.staged_max_bytes" in declared.text
+        third = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        streamed = client.patch(third, content=stream(b"c" * (40 * 1024)))
+        assert streamed.status_code == 503
+        # Finishing the first upload frees its staged bytes for others.
+        data = b"a" * (80 * 1024)
+        assert client.put(first, params={"digest": sha256(data)}).status_code == 201
+        assert client.patch(second, content=b"b" * (40 * 1024)).status_code == 202
