@@ -172,6 +172,10 @@ class UploadService:
             )
         return record
 
+    # TODO(#6): quotas per repository, namespace and user on deduplicated
+    # bytes, reserved as chunks stream (staged_max_bytes below is checked
+    # at each chunk's start, so parallel streams can pass it together), the
+    # free-disk floor, and garbage collection.
     def _chunk_limit(self, record: UploadRecord, declared: int | None) -> int:
         """The most bytes the next chunk of `record` may carry; refuses at
         once what a declared length already breaks.
