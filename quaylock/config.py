@@ -46,6 +46,10 @@ class StorageConfig:
     driver: str = "filesystem"
     # Folder for blobs and upload sessions; defaults to <data>/.
     root: str = ""
+    # The free-disk floor: below the larger of these, uploads are refused
+    # (507 with Retry-After) while pulls go on.
+    min_free_bytes: int = 1024 * 1024 * 1024
+    min_free_percent: int = 5
 
 
 @dataclass
@@ -339,6 +343,8 @@ def _check(config: Config) -> None:
         raise ConfigError("server.workers: expected at least 1")
     if config.limits.page_max_entries < 1:
         raise ConfigError("limits.page_max_entries: expected at least 1")
+    if config.storage.min_free_percent > 99:
+        raise ConfigError("storage.min_free_percent: expected 0 to 99")
     for name in ("manifest_max_bytes", "blob_max_bytes", "body_max_bytes"):
         if getattr(config.limits, name) < 1:
             raise ConfigError(f"limits.{name}: expected at least 1")

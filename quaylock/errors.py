@@ -30,7 +30,8 @@ and an OCI error code in one table. Drivers raise their own errors
     ├── BadRequest               an admin API body or field that cannot be used
     ├── Conflict                 an account of that name exists already
     ├── NotFound                 no such route
-    └── Unavailable              a store cannot serve now
+    ├── Unavailable              a store cannot serve now
+    └── InsufficientStorage      the disk is at its free-space floor
 """
 
 from __future__ import annotations
@@ -154,3 +155,7 @@ class NotFound(RegistryError):
 
 class Unavailable(RegistryError):
     pass
+
+
+class InsufficientStorage(RegistryError):
+    """Free disk space is below `storage.min_free_*`: uploads wait."""

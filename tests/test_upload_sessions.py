@@ -115,3 +115,44 @@ def test_staged_bytes_of_all_sessions_share_one_cap(make_server):
         data = b"a" * (80 * 1024)
         assert client.put(first, params={"digest": sha256(data)}).status_code == 201
         assert client.patch(second, content=b"b" * (40 * 1024)).status_code == 202
+
+
+def test_below_the_disk_floor_uploads_wait_and_pulls_go_on(tmp_path):
+    from tests.conftest import start_server
+
+    data = b"pushed before the disk filled"
+    repo = unique_repo("floor")
+    roomy = start_server(
+        tmp_path / "srv", {"storage": {"min_free_bytes": 0, "min_free_percent": 0}}
+    )
+    try:
+        with roomy.client() as client:
+            digest = client.post(
+                f"/v2/{repo}/blobs/uploads/",
+                params={"digest": sha256(data)},
+                content=data,
+            )
+            assert digest.status_code == 201
+    finally:
+        roomy.stop()
+    # The same data, with a floor no disk here can clear.
+    full = start_server(tmp_path / "srv", {"storage": {"min_free_percent": 99}})
+    try:
+        with full.client() as client:
+            refused = client.post(f"/v2/{repo}/blobs/uploads/")
+            assert refused.status_code == 507
+            assert error_code(refused) == "UNAVAILABLE"
+            assert refused.headers["retry-after"] == "60"
+            assert "storage.min_free_percent 99" in refused.text
+            monolithic = client.post(
+                f"/v2/{repo}/blobs/uploads/",
+                params={"digest": sha256(b"x")},
+                content=b"x",
+            )
+            assert monolithic.status_code == 507
+            assert client.get(f"/v2/{repo}/blobs/{sha256(data)}").content == data
+            metrics = client.get("/metrics").text
+            assert "quaylock_disk_floor_reached 1" in metrics
+    finally:
+        full.stop()
+    assert staged_files(full) == []

@@ -40,6 +40,7 @@ ERROR_TABLE: dict[type[e.RegistryError], tuple[int, str]] = {
     e.Conflict: (409, "CONFLICT"),
     e.NotFound: (404, "NOT_FOUND"),
     e.Unavailable: (503, "UNAVAILABLE"),
+    e.InsufficientStorage: (507, "UNAVAILABLE"),
 }
 
 # Codes the distribution-spec defines; a test checks the table covers them.

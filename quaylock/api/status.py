@@ -17,12 +17,25 @@ async def metrics(registry: Registry, request: Request) -> Response:
     (pending,) = registry.store.read_one(
         "SELECT count(*) FROM holds WHERE state = 'pending'"
     )
+    free, headroom = registry.uploads.disk_headroom()
     body = registry.metrics.render(
         {
             "quaylock_holds_pending": (
                 "Look-alike names held for an admin's decision.",
                 pending,
-            )
+            ),
+            "quaylock_disk_free_bytes": (
+                "Free bytes on the blob store's disk.",
+                free,
+            ),
+            "quaylock_disk_floor_reached": (
+                "1 while free space is at the floor and uploads are refused.",
+                int(headroom <= 0),
+            ),
+            "quaylock_uploads_staged_bytes": (
+                "Bytes staged by open upload sessions.",
+                registry.store.staged_bytes(),
+            ),
         }
     )
     return Response(200, [header("content-type", PROMETHEUS_TEXT)], body=body)

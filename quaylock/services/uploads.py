@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import secrets
 import time
 from collections import OrderedDict
@@ -33,6 +34,7 @@ from quaylock.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
+    InsufficientStorage,
     RangeInvalid,
     SizeInvalid,
     TooLarge,
@@ -110,13 +112,43 @@ class UploadService:
         self._hashes: OrderedDict[str, tuple[int, object]] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def disk_headroom(self) -> tuple[int, int]:
+        """(bytes free on the blob store's disk, bytes above the floor)."""
+        storage = self.config.storage
+        stat = os.statvfs(self.config.storage_root)
+        free = stat.f_bavail * stat.f_frsize
+        total = stat.f_blocks * stat.f_frsize
+        floor = max(storage.min_free_bytes, total * storage.min_free_percent // 100)
+        return free, free - floor
+
+    def _check_disk(self, wanted: int = 0) -> int:
+        """Bytes an upload may still write above the disk floor.
+
+        Raises:
+            InsufficientStorage: the disk is at its floor, or `wanted` bytes
+                would take it there.
+        """
+        free, headroom = self.disk_headroom()
+        if headroom <= wanted:
+            error = InsufficientStorage(
+                f"the registry's disk has {free} bytes free, at or near its floor "
+                f"(storage.min_free_bytes {self.config.storage.min_free_bytes}, "
+                f"storage.min_free_percent {self.config.storage.min_free_percent}); "
+                "uploads resume when space is freed, pulls go on"
+            )
+            error.headers["Retry-After"] = _RETRY_SECONDS
+            raise error
+        return headroom
+
     async def start(self, repository: str, owner: Owner = Owner()) -> UploadRecord:
         """Open a session for `owner`.
 
         Raises:
             TooManyRequests: the owner, or its address, has as many open
                 sessions as `uploads.max_sessions_per_*` allows.
+            InsufficientStorage: the disk is at its free-space floor.
         """
+        self._check_disk()
         limits = self.config.uploads
         since = time.time() - limits.idle_seconds
         by_subject, by_client = self.store.upload_counts(
@@ -173,12 +205,15 @@ class UploadService:
         return record
 
     # TODO(#6): quotas per repository, namespace and user on deduplicated
-    # bytes, reserved as chunks stream (staged_max_bytes below is checked
-    # at each chunk's start, so parallel streams can pass it together), the
-    # free-disk floor, and garbage collection.
-    def _chunk_limit(self, record: UploadRecord, declared: int | None) -> int:
-        """The most bytes the next chunk of `record` may carry; refuses at
-        once what a declared length already breaks.
+    # bytes, reserved as chunks stream (staged_max_bytes and the disk floor
+    # below are checked at each chunk's start, so parallel streams can pass
+    # them together), and garbage collection.
+    def _chunk_limit(
+        self, record: UploadRecord, declared: int | None
+    ) -> tuple[int, str]:
+        """The most bytes the next chunk of `record` may carry, and which
+        limit that is (chunk, blob, staged or disk); refuses at once what a
+        declared length already breaks.
 
         Raises:
             TooLarge: `declared` is over the chunk or the blob limit.
@@ -197,7 +232,13 @@ class UploadService:
             raise error
         if declared is not None:
             self._check_size(record, limits, record.size + declared, declared)
-        return min(limits.chunk_max_bytes, blob_left, staged_left)
+        headroom = self._check_disk(declared or 0)
+        return min(
+            (limits.chunk_max_bytes, "chunk"),
+            (blob_left, "blob"),
+            (staged_left, "staged"),
+            (headroom, "disk"),
+        )
 
     def _check_size(self, record: UploadRecord, limits, total: int, chunk: int) -> None:
         if chunk > limits.chunk_max_bytes:
@@ -217,22 +258,24 @@ class UploadService:
     async def _staged(
         self, record: UploadRecord, body: Body, declared: int | None
     ) -> int:
-        """Stage one chunk under the size limits. A chunk over a limit ends
-        the session: it answers 413 and its staged bytes are deleted."""
+        """Stage one chunk under the limits. A chunk that passes one ends
+        the session (its staged bytes are deleted) and answers for that
+        limit: 413 for a chunk or blob size, 503 for the staging cap, 507
+        for the disk floor."""
         try:
-            limit = self._chunk_limit(record, declared)
+            limit, source = self._chunk_limit(record, declared)
         except TooLarge:
             await self._discard(record)
             raise
         try:
             return await self._stage(record, body(limit))
         except TooLarge:
-            limits = size_limits(self.config.limits, record.repository)
             await self._discard(record)
-            try:
+            if source in ("chunk", "blob"):
+                limits = size_limits(self.config.limits, record.repository)
                 self._check_size(record, limits, record.size + limit + 1, limit + 1)
-            except TooLarge as exact:
-                raise exact from None
+            if source == "disk":
+                self._check_disk(limit + 1)
             error = Unavailable(
                 "uploads in progress hold all the staging space the registry "
                 f"allows ({self.config.uploads.staged_max_bytes} bytes, "
