@@ -338,15 +338,21 @@ def push_cose_signature(
     return sha256(signature)
 
 
-def test_a_hostile_signature_neither_fails_the_request_nor_hides_a_good_one(
-    make_server, tmp_path, pki
-):
+def cose_policy_server(make_server, tmp_path, pki):
+    """A server whose `latest` tags under signed/ move only to manifests
+    with a notation signature chained to `pki`'s root."""
     root = tmp_path / "root.pem"
     root.write_bytes(pki.root.cert.public_bytes(serialization.Encoding.PEM))
-    server = make_server({"signatures": {"policies": [
+    return make_server({"signatures": {"policies": [
         {"repositories": ["signed/**"], "mode": "tag", "tags": ["latest"],
          "notation_roots": [str(root)]},
     ]}})  # fmt: skip
+
+
+def test_a_hostile_signature_neither_fails_the_request_nor_hides_a_good_one(
+    make_server, tmp_path, pki
+):
+    server = cose_policy_server(make_server, tmp_path, pki)
     repository = unique_repo("signed/hostile")
     with server.client() as client:
         image = push_image(client, repository, tag=None, seed=repository)
@@ -363,12 +369,7 @@ def test_a_hostile_signature_neither_fails_the_request_nor_hides_a_good_one(
 
 
 def test_cose_signature_lets_a_tag_move_under_a_tag_policy(make_server, tmp_path, pki):
-    root = tmp_path / "root.pem"
-    root.write_bytes(pki.root.cert.public_bytes(serialization.Encoding.PEM))
-    server = make_server({"signatures": {"policies": [
-        {"repositories": ["signed/**"], "mode": "tag", "tags": ["latest"],
-         "notation_roots": [str(root)]},
-    ]}})  # fmt: skip
+    server = cose_policy_server(make_server, tmp_path, pki)
     repository = unique_repo("signed/cose")
     with server.client() as client:
         image = push_image(client, repository, tag=None, seed=repository)
@@ -377,32 +378,14 @@ def test_cose_signature_lets_a_tag_move_under_a_tag_policy(make_server, tmp_path
         assert error_code(refused) == "DENIED"
 
         envelope = cose_envelope(pki, image["digest"], size=len(image["manifest"]))
-        push_blob(client, repository, envelope)
-        push_blob(client, repository, b"{}")
-        signature = json.dumps({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-            "artifactType": NOTATION_ARTIFACT_TYPE,
-            "config": {"mediaType": EMPTY_JSON, "digest": sha256(b"{}"), "size": 2},
-            "layers": [{"mediaType": NOTATION_COSE, "digest": sha256(envelope),
-                        "size": len(envelope)}],
-            "subject": {"mediaType": OCI_MANIFEST, "digest": image["digest"],
-                        "size": len(image["manifest"])},
-        }).encode()  # fmt: skip
-        stored = push_manifest(client, repository, sha256(signature), signature)
-        assert stored.status_code == 201, stored.text
-
+        push_cose_signature(client, repository, image, envelope)
         moved = push_manifest(client, repository, "latest", image["manifest"])
         assert moved.status_code == 201, moved.text
 
 
 def test_junk_signatures_do_not_bury_a_real_one(make_server, tmp_path):
     pki = new_pki("ec-p256")
-    root = tmp_path / "root.pem"
-    root.write_bytes(pki.root.cert.public_bytes(serialization.Encoding.PEM))
-    server = make_server({"signatures": {"policies": [
-        {"repositories": ["signed/**"], "mode": "tag", "tags": ["latest"],
-         "notation_roots": [str(root)]},
-    ]}})  # fmt: skip
+    server = cose_policy_server(make_server, tmp_path, pki)
     repository = unique_repo("signed/junk")
     with server.client() as client:
         image = push_image(client, repository, tag=None, seed=repository)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -293,33 +294,42 @@ def test_cosign_signed_digest_may_take_latest_and_verifies_from_quaylock(
     )
 
 
-def cosign_signed(tmp_path: Path, server: Server, repository: str, *images: Layout):
-    """Push `images` and sign the first with a new cosign key; return the
-    Cosign and the public key."""
-    cosign = Cosign(tmp_path / "cosign")
+@dataclass
+class Signed:
+    """A tag-policy server trusting one cosign key, with images pushed and
+    the first of them signed by that key."""
+
+    server: Server
+    cosign: Cosign
+    public_key: Path
+    repository: str
+    images: list[Layout]
+
+    def reference(self, image: Layout) -> str:
+        return f"{self.server.host}/{self.repository}@{image.manifest_digest}"
+
+
+def signed_first(make_server, tmp_path: Path, prefix: str, *images: Layout) -> Signed:
+    cosign = Cosign(tmp_path / "keys")
+    key, public = cosign.key_pair("signer")
+    # The server's trust root is the key cosign makes, so start it after.
+    server = policy_server(make_server, "tag", public)
+    repository = unique_repo(prefix)
     skopeo = Skopeo(tmp_path / "skopeo")
     for i, image in enumerate(images):
         skopeo.copy(image.reference, docker_ref(server, repository, f"build-{i}"))
-    key, public = cosign.key_pair("signer")
-    cosign.sign(key, f"{server.host}/{repository}@{images[0].manifest_digest}")
-    return cosign, public
+    signed = Signed(server, cosign, public, repository, list(images))
+    cosign.sign(key, signed.reference(images[0]))
+    return signed
 
 
 def test_cosign_signature_replayed_onto_another_digest_is_refused(
     make_server, tmp_path
 ):
-    # The server's trust root is the key cosign makes, so start it after.
-    keys_home = tmp_path / "keys"
-    cosign = Cosign(keys_home)
-    key, public = cosign.key_pair("signer")
-    server = policy_server(make_server, "tag", public)
-    repository = unique_repo("signed/replay")
     good = build_image(tmp_path / "good")
     evil = variant(tmp_path / "evil", "evil")
-    skopeo = Skopeo(tmp_path / "skopeo")
-    for image, tag in ((good, "build-1"), (evil, "build-2")):
-        skopeo.copy(image.reference, docker_ref(server, repository, tag))
-    cosign.sign(key, f"{server.host}/{repository}@{good.manifest_digest}")
+    signed = signed_first(make_server, tmp_path, "signed/replay", good, evil)
+    server, repository = signed.server, signed.repository
 
     with server.client() as client:
         genuine = client.get(
@@ -336,22 +346,14 @@ def test_cosign_signature_replayed_onto_another_digest_is_refused(
         message = refused.json()["errors"][0]["message"]
         assert f"signature is for manifest {good.manifest_digest}" in message, message
     # cosign, asked about `evil`, refuses the replay too.
-    checked = cosign.verify(
-        public, f"{server.host}/{repository}@{evil.manifest_digest}"
-    )
+    checked = signed.cosign.verify(signed.public_key, signed.reference(evil))
     assert checked.returncode != 0
 
 
 def test_cosign_signature_with_tampered_payload_is_refused(make_server, tmp_path):
-    cosign = Cosign(tmp_path / "keys")
-    key, public = cosign.key_pair("signer")
-    server = policy_server(make_server, "tag", public)
-    repository = unique_repo("signed/tamper")
     image = build_image(tmp_path / "image")
-    Skopeo(tmp_path / "skopeo").copy(
-        image.reference, docker_ref(server, repository, "build-1")
-    )
-    cosign.sign(key, f"{server.host}/{repository}@{image.manifest_digest}")
+    signed = signed_first(make_server, tmp_path, "signed/tamper", image)
+    server, repository = signed.server, signed.repository
     tag = signature_candidates(image.manifest_digest)
 
     with server.client() as client:
@@ -375,9 +377,7 @@ def test_cosign_signature_with_tampered_payload_is_refused(make_server, tmp_path
         refused = move_tag(client, repository, "latest", image.manifest_digest)
         assert refused.status_code == 403, "a tampered payload counted"
         assert "signature" in refused.json()["errors"][0]["message"]
-    checked = cosign.verify(
-        public, f"{server.host}/{repository}@{image.manifest_digest}"
-    )
+    checked = signed.cosign.verify(signed.public_key, signed.reference(image))
     assert checked.returncode != 0
 
 

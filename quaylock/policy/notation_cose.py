@@ -18,10 +18,7 @@ from cryptography import x509
 
 from quaylock.policy import cbor
 from quaylock.policy.signatures import (
-    _AUTHENTIC_TIME,
     _EXPIRY,
-    _PLUGIN_HEADERS,
-    _SCHEME,
     _SIGNING_TIME,
     MAX_CHAIN_LENGTH,
     MAX_ENVELOPE_BYTES,
@@ -29,6 +26,7 @@ from quaylock.policy.signatures import (
     TrustRoot,
     Verdict,
     _check_leaf_signature,
+    _check_notary_attributes,
     _check_target,
     _check_trusted_chain,
     _check_validity,
@@ -139,24 +137,7 @@ def _check_header(header: dict) -> tuple[str, dt.datetime, dt.datetime | None]:
         raise _Reject("crit is missing or empty")
     if not all(isinstance(name, (int, str)) for name in crit):
         raise _Reject("crit holds something other than header labels")
-    if _SCHEME not in crit:
-        raise _Reject(f"crit does not list {_SCHEME}")
-    for name in (_EXPIRY, _AUTHENTIC_TIME):
-        if name in header and name not in crit:
-            raise _Reject(f"{name} is present but not listed in crit")
-    for name in crit:
-        if name in _PLUGIN_HEADERS:
-            raise _Reject(f"signature requires a verification plugin ({name})")
-        if name not in (_SCHEME, _EXPIRY, _AUTHENTIC_TIME):
-            raise _Reject(f"unsupported critical header {name!r}")
-        if name not in header:
-            raise _Reject(f"crit lists {name}, which the header lacks")
-
-    scheme = header.get(_SCHEME)
-    if scheme != "notary.x509":
-        raise _Reject(f"signing scheme {scheme!r} is not supported")
-    if _SIGNING_TIME not in header:
-        raise _Reject(f"{_SIGNING_TIME} is required by notary.x509")
+    _check_notary_attributes(header, crit)
     signing_time = _epoch_time(header[_SIGNING_TIME], _SIGNING_TIME)
     expiry = _epoch_time(header[_EXPIRY], _EXPIRY) if _EXPIRY in header else None
     return alg, signing_time, expiry

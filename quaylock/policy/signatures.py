@@ -649,11 +649,25 @@ def _check_protected_header(header: dict) -> dict:
     if header.get("cty") != NOTATION_PAYLOAD:
         raise _Reject(f"cty {header.get('cty')!r} is not {NOTATION_PAYLOAD}")
 
-    # Critical attributes: the scheme always, expiry and authentic time
-    # when present, and nothing we do not understand (RFC 7515 §4.1.11).
     crit = header.get("crit")
     if not isinstance(crit, list) or not all(isinstance(c, str) for c in crit):
         raise _Reject("crit is missing or not a list of header names")
+    _check_notary_attributes(header, crit)
+    for name in (_SIGNING_TIME, _EXPIRY):
+        if name in header:
+            _rfc3339(header[name], name)
+    return header
+
+
+def _check_notary_attributes(header: dict, crit: list) -> None:
+    """The Notary Project's signed attributes, in either envelope.
+
+    Critical attributes: the scheme always, expiry and authentic time when
+    present, and nothing we do not understand (RFC 7515 §4.1.11, RFC 9052
+    §3.1). Only the notary.x509 scheme, which needs a signing time:
+    notary.x509.signingAuthority needs a signing-authority trust store and
+    an authentic signing time, which we do not offer yet.
+    """
     if _SCHEME not in crit:
         raise _Reject(f"crit does not list {_SCHEME}")
     for name in (_EXPIRY, _AUTHENTIC_TIME):
@@ -666,18 +680,11 @@ def _check_protected_header(header: dict) -> dict:
             raise _Reject(f"unsupported critical header {name!r}")
         if name not in header:
             raise _Reject(f"crit lists {name}, which the header lacks")
-
     scheme = header.get(_SCHEME)
     if scheme != "notary.x509":
-        # notary.x509.signingAuthority needs a signing-authority trust store
-        # and an authentic signing time; we offer neither yet.
         raise _Reject(f"signing scheme {scheme!r} is not supported")
     if _SIGNING_TIME not in header:
         raise _Reject(f"{_SIGNING_TIME} is required by notary.x509")
-    for name in (_SIGNING_TIME, _EXPIRY):
-        if name in header:
-            _rfc3339(header[name], name)
-    return header
 
 
 def _parse_x5c(unprotected: dict) -> list[x509.Certificate]:
