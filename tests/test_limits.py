@@ -94,13 +94,17 @@ def test_chunks_that_add_up_past_the_blob_limit_end_the_session(limited, with_le
     assert staged_files(limited) == []
 
 
-def test_one_chunk_over_the_chunk_limit_by_put(limited):
+@pytest.mark.parametrize("with_length", [True, False], ids=["length", "streamed"])
+def test_one_chunk_over_the_chunk_limit_by_put(limited, with_length):
     repo = unique_repo("lim")
     data = b"p" * (48 * 1024 + 1)
     with limited.client() as client:
         location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
-        closed = client.put(location, params={"digest": sha256(data)}, content=data)
+        closed = client.put(location, params={"digest": sha256(data)},
+                            content=data if with_length else stream(data))  # fmt: skip
         refused_413(closed, "over the limit of 49152 bytes (limits.chunk_max_bytes)")
+        # With a declared length, the detail is exact; a stream is stopped
+        # at the first byte past the limit.
         assert closed.json()["errors"][0]["detail"] == {
             "limit": 48 * 1024, "size": len(data)
         }  # fmt: skip
