@@ -130,6 +130,37 @@ def size_limits(limits: LimitsConfig, repository: str) -> SizeLimits:
 
 
 @dataclass
+class QuotasConfig:
+    # Stored bytes each repository, namespace (a repository name's first
+    # part) and user may hold; 0: no quota.
+    repository_max_bytes: int = 0
+    namespace_max_bytes: int = 0
+    user_max_bytes: int = 0
+    # Other values by name: [{namespaces: ["ml"], max_bytes: ...}], or
+    # repositories: [...] or users: [...]; the first match of its kind wins.
+    overrides: list = field(default_factory=list)
+
+
+QUOTA_SCOPES = {
+    "repositories": "repository",
+    "namespaces": "namespace",
+    "users": "user",
+}
+
+
+def quota_for(quotas: QuotasConfig, scope: str, name: str) -> tuple[int, str]:
+    """The quota of `name` in `scope` (repository, namespace or user), and
+    the setting it comes from; 0 means none."""
+    from quaylock.policy.access import matches  # noqa: PLC0415 - import cycle
+
+    for i, override in enumerate(quotas.overrides):
+        key = next(k for k in QUOTA_SCOPES if k in override)
+        if QUOTA_SCOPES[key] == scope and any(matches(p, name) for p in override[key]):
+            return override["max_bytes"], f"quotas.overrides[{i}]"
+    return getattr(quotas, f"{scope}_max_bytes"), f"quotas.{scope}_max_bytes"
+
+
+@dataclass
 class UploadsConfig:
     # Open upload sessions one subject may hold (with authentication on),
     # and one client address.
@@ -270,6 +301,7 @@ class Config:
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
@@ -351,6 +383,9 @@ def _check(config: Config) -> None:
     config.limits.overrides = [
         _limit_override(i, raw) for i, raw in enumerate(config.limits.overrides)
     ]
+    config.quotas.overrides = [
+        _quota_override(i, raw) for i, raw in enumerate(config.quotas.overrides)
+    ]
     if config.uploads.idle_seconds < 1 or config.uploads.purge_interval_seconds < 1:
         raise ConfigError(
             "uploads.idle_seconds and uploads.purge_interval_seconds: expected at least 1"
@@ -406,6 +441,28 @@ WEBHOOK_EVENTS = (
     "tag.create", "tag.move", "tag.delete", "manifest.delete", "push",
     "refused", "alert", "held", "hold.approve", "hold.reject",
 )  # fmt: skip
+
+
+def _quota_override(i: int, raw) -> dict:
+    where = f"quotas.overrides[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    kinds = [k for k in QUOTA_SCOPES if k in raw]
+    if len(kinds) != 1 or set(raw) != {kinds[0], "max_bytes"}:
+        raise ConfigError(
+            f"{where}: expected max_bytes and one of {', '.join(QUOTA_SCOPES)}"
+        )
+    patterns = raw[kinds[0]]
+    if (
+        not isinstance(patterns, list)
+        or not patterns
+        or not all(isinstance(p, str) and p.isprintable() for p in patterns)
+    ):
+        raise ConfigError(f"{where}.{kinds[0]}: expected a non-empty list of patterns")
+    value = raw["max_bytes"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where}.max_bytes: expected a whole number >= 0")
+    return dict(raw)
 
 
 def _limit_override(i: int, raw) -> dict:

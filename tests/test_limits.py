@@ -166,3 +166,16 @@ def test_a_body_on_a_request_that_uploads_nothing(limited):
         response = client.request("GET", "/v2/", content=b"x" * (64 * 1024 + 1))
         refused_413(response, "(limits.body_max_bytes)")
         assert client.request("GET", "/v2/", content=b"x" * 100).status_code == 200
+
+
+def test_a_mount_cannot_bring_a_blob_over_the_targets_limit(limited):
+    data = b"B" * (200 * 1024)
+    with limited.client() as client:
+        digest = push_blob(client, "big/source", data)
+        for params in ({"mount": digest, "from": "big/source"}, {"mount": digest}):
+            response = client.post("/v2/small/target/blobs/uploads/", params=params)
+            # Not mounted: a session opens instead, as the spec says for a
+            # mount that cannot be done, and uploading hits the limit.
+            assert response.status_code == 202, response.text
+            assert client.delete(response.headers["location"]).status_code == 204
+        assert client.head(f"/v2/small/target/blobs/{digest}").status_code == 404

@@ -156,3 +156,56 @@ def test_below_the_disk_floor_uploads_wait_and_pulls_go_on(tmp_path):
     finally:
         full.stop()
     assert staged_files(full) == []
+
+
+def test_finishing_uploads_works_at_the_staging_cap(make_server):
+    server = make_server({"uploads": {"staged_max_bytes": 64 * 1024}})
+    repo = unique_repo("cap")
+    data = b"f" * (64 * 1024)
+    with server.client() as client:
+        location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        assert client.patch(location, content=data).status_code == 202
+        # Staging is full; finishing (which frees it) must still work.
+        assert client.post(f"/v2/{repo}/blobs/uploads/", params={
+            "digest": sha256(b"x")}, content=b"x").status_code == 503  # fmt: skip
+        location = client.get(location).headers["location"]
+        done = client.put(location, params={"digest": sha256(data)})
+        assert done.status_code == 201, done.text
+        assert client.post(f"/v2/{repo}/blobs/uploads/", params={
+            "digest": sha256(b"x")}, content=b"x").status_code == 201  # fmt: skip
+
+
+def test_the_purge_leaves_a_session_that_a_request_streams_into(make_server):
+    server = make_server({"uploads": {"idle_seconds": 2, "purge_interval_seconds": 1}})
+    repo = unique_repo("slow")
+    pieces = 6
+
+    def slowly():
+        for _ in range(pieces):
+            time.sleep(0.8)
+            yield b"s" * 1024
+
+    with server.client() as client:
+        location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        # About five seconds of streaming: past idle_seconds since the
+        # session last committed anything.
+        streamed = client.patch(location, content=slowly())
+        assert streamed.status_code == 202, streamed.text
+        assert streamed.headers["range"] == f"0-{pieces * 1024 - 1}"
+
+
+def test_session_limits_hold_across_workers(make_server):
+    import concurrent.futures
+
+    server = make_server({"server": {"workers": 3},
+                          "uploads": {"max_sessions_per_address": 4}})  # fmt: skip
+    repo = unique_repo("race")
+
+    def start(_) -> int:
+        with server.client() as client:
+            return client.post(f"/v2/{repo}/blobs/uploads/").status_code
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(start, range(40), timeout=120))
+    assert statuses.count(202) == 4, statuses
+    assert statuses.count(429) == 36, statuses

@@ -12,6 +12,7 @@ from quaylock.api.http import Request, Response, actor_of, header
 from quaylock.errors import DigestInvalid, RangeInvalid
 from quaylock.metadata.store import UploadRecord
 from quaylock.oci import Digest
+from quaylock.policy.limiter import address_key
 from quaylock.services.registry import Registry
 from quaylock.services.uploads import Owner, parse_content_range
 
@@ -22,7 +23,8 @@ def owner_of(request: Request) -> Owner:
     subject = request.subject
     return Owner(
         subject=subject.label if subject is not None else "anonymous",
-        client=(request.scope.get("client") or ("", 0))[0],
+        # IPv6 clients count by their /64, which one host usually holds.
+        client=address_key((request.scope.get("client") or ("", 0))[0]),
         per_subject=subject is not None,
     )
 
@@ -54,9 +56,11 @@ async def start_blob_upload(registry: Registry, request: Request) -> Response:
     mount = query.get("mount")
     if mount is not None:
         digest = Digest.parse(mount)
+        owner = owner_of(request)
         mounted = await registry.mount_blob(
-            name, digest, query.get("from"), request.may_pull
-        )
+            name, digest, query.get("from"), request.may_pull,
+            owner.subject if owner.per_subject else None,
+        )  # fmt: skip
         if mounted is not None:
             return _blob_created(name, digest)
     # end-4b: the whole blob in this one request.
@@ -114,9 +118,9 @@ async def put_blob_upload(registry: Registry, request: Request) -> Response:
     content_range = None
     if "content-range" in request.headers:
         content_range = parse_content_range(request.headers["content-range"])
-    await registry.uploads.finish(
-        record, digest, request.body_chunks, content_range, request.content_length()
-    )
+    length = request.content_length()
+    body = None if length == 0 else request.body_chunks
+    await registry.uploads.finish(record, digest, body, content_range, length)
     return _blob_created(record.repository, digest)
 
 

@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
     accounts.add_parsers(commands)
     audit.add_parsers(commands)
+    quota = commands.add_parser(
+        "quota", help="stored bytes against quota, per repository, namespace and user"
+    )
+    quota.add_argument("--config", help="YAML configuration file")
+    quota.add_argument("--data", help="data folder (default ./data)")
 
     args = parser.parse_args(argv)
     try:
@@ -41,10 +46,28 @@ def main(argv: list[str] | None = None) -> int:
             return run_serve(args)
         if args.command in ("audit", "tag"):
             return audit.run(args)
+        if args.command == "quota":
+            return _quota(args)
         return accounts.run(args)
     except config_mod.ConfigError as exc:
         print(f"quaylock: configuration error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _quota(args) -> int:
+    """One JSON line per repository, namespace and user that stores bytes."""
+    from quaylock.metadata.store import open_store
+    from quaylock.services.quotas import QuotaGuard
+
+    apply_flags(args)
+    config = config_mod.load(os.environ.get("QUAYLOCK_CONFIG_FILE") or None)
+    store = open_store(config.metadata_url)
+    try:
+        for row in QuotaGuard(config.quotas).usage_report(store):
+            print(json.dumps(row))
+    finally:
+        store.close()
     return 0
 
 

@@ -171,6 +171,22 @@ MIGRATIONS: list[str] = [
     CREATE INDEX uploads_client ON uploads (client);
     CREATE INDEX uploads_updated ON uploads (updated_at);
     """,
+    # 6: quotas. usage holds the stored bytes of each repository, namespace
+    # and user (scope, name), kept in the transaction that links or unlinks
+    # a blob; a blob counts once per repository and once per namespace, and
+    # for the user whose push or mount linked it. An upload session's
+    # reserved bytes count against the same quotas while it streams.
+    """
+    CREATE TABLE usage (
+        scope TEXT NOT NULL,
+        name TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        PRIMARY KEY (scope, name)
+    );
+    ALTER TABLE repository_blobs ADD COLUMN pushed_by TEXT;
+    ALTER TABLE uploads ADD COLUMN reserved BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX uploads_repository ON uploads (repository);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -32,7 +32,7 @@ from quaylock.errors import (
     ManifestInvalid,
     ManifestUnknown,
 )
-from quaylock.metadata import schema
+from quaylock.metadata import schema, usage
 from quaylock.metadata.writer import GroupWriter
 
 T = TypeVar("T")
@@ -277,18 +277,6 @@ class SQLiteStore:
         )
         return None if row is None else UploadRecord(*row)
 
-    def upload_counts(self, subject: str, client: str, since: float) -> tuple[int, int]:
-        """Open sessions (touched since `since`) of `subject`, and of `client`."""
-        (by_subject,) = self._one(
-            "SELECT count(*) FROM uploads WHERE subject = ? AND updated_at >= ?",
-            (subject, since),
-        )
-        (by_client,) = self._one(
-            "SELECT count(*) FROM uploads WHERE client = ? AND updated_at >= ?",
-            (client, since),
-        )
-        return by_subject, by_client
-
     def staged_bytes(self) -> int:
         (total,) = self._one("SELECT coalesce(sum(size), 0) FROM uploads", ())
         return total
@@ -305,17 +293,37 @@ class SQLiteStore:
     # Writes
 
     async def create_upload(
-        self, upload_id: str, repository: str, subject: str, client: str
+        self,
+        upload_id: str,
+        repository: str,
+        subject: str,
+        client: str,
+        live_since: float = 0.0,
+        check: Callable[[int, int], None] | None = None,
     ) -> None:
+        """Insert a session; `check(sessions of subject, sessions of client)`
+        (those touched since `live_since`) runs first in the same
+        transaction and may refuse."""
         now = time.time()
-        await self._write(
-            lambda c: c.execute(
+
+        def write(c: sqlite3.Connection) -> None:
+            if check is not None:
+                (by_subject,) = c.execute(
+                    "SELECT count(*) FROM uploads WHERE subject = ? AND updated_at >= ?",
+                    (subject, live_since),
+                ).fetchone()
+                (by_client,) = c.execute(
+                    "SELECT count(*) FROM uploads WHERE client = ? AND updated_at >= ?",
+                    (client, live_since),
+                ).fetchone()
+                check(by_subject, by_client)
+            c.execute(
                 "INSERT INTO uploads (upload_id, repository, size, created_at, "
                 "updated_at, subject, client) VALUES (?, ?, 0, ?, ?, ?, ?)",
                 (upload_id, repository, now, now, subject, client),
-            ),
-            durable=False,
-        )
+            )
+
+        await self._write(write, durable=False)
 
     async def delete_expired_upload(self, upload_id: str, before: float) -> bool:
         """Delete the session if it is still idle since `before`; whether
@@ -350,21 +358,37 @@ class SQLiteStore:
         )
 
     async def link_blob(
-        self, repository: str, digest: str, size: int, upload_id: str | None = None
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        upload_id: str | None = None,
+        subject: str | None = None,
+        check: Callable | None = None,
     ) -> None:
-        """Record blob `digest` and make it visible in `repository`."""
+        """Record blob `digest` and make it visible in `repository`, counting
+        its bytes for the repository, its namespace and `subject`
+        (`metadata.usage`). `check(connection, repository, subject, bytes
+        by scope)` runs first and may refuse (a quota). With `upload_id`,
+        the finished session goes, and its reservation with it."""
 
         def write(c: sqlite3.Connection) -> None:
             now = time.time()
             repository_id = _ensure_repository(c, repository, now)
+            added = usage.new_bytes(c, repository_id, repository, digest, size)
+            if check is not None and added is not None:
+                check(c, repository, subject, added)
             c.execute(
                 "INSERT INTO blobs VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (digest, size, now),
             )
-            c.execute(
-                "INSERT INTO repository_blobs VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                (repository_id, digest, now),
-            )
+            if added is not None:
+                c.execute(
+                    "INSERT INTO repository_blobs (repository_id, digest, created_at, "
+                    "pushed_by) VALUES (?, ?, ?, ?)",
+                    (repository_id, digest, now, subject),
+                )
+                usage.on_link(c, repository, subject, added)
             if upload_id is not None:
                 c.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
 
@@ -373,18 +397,70 @@ class SQLiteStore:
         await self._write(write, durable=False)
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
-        """Hide a blob from `repository`; return whether it was visible."""
+        """Hide a blob from `repository`; return whether it was visible. Its
+        bytes are given back to the quotas that counted them."""
 
         def write(c: sqlite3.Connection) -> bool:
             repository_id = _repository_id(c, repository)
             _refuse_if_referenced(c, repository_id, digest, "blob")
-            cursor = c.execute(
+            row = c.execute(
+                "SELECT rb.pushed_by, b.size FROM repository_blobs rb "
+                "JOIN blobs b ON b.digest = rb.digest "
+                "WHERE rb.repository_id = ? AND rb.digest = ?",
+                (repository_id, digest),
+            ).fetchone()
+            if row is None:
+                return False
+            c.execute(
                 "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?",
                 (repository_id, digest),
             )
-            return cursor.rowcount > 0
+            usage.on_unlink(c, repository_id, repository, digest, row[1], row[0])
+            return True
 
         return await self._write(write)
+
+    async def reserve_upload(
+        self, upload_id: str, extra: int, check: Callable, digest: str | None = None
+    ) -> None:
+        """Reserve `extra` more bytes for a streaming session, after
+        `check(connection, repository, subject, bytes by scope)` (a quota)
+        agrees, in one transaction. With the blob's `digest` known ahead
+        (a PUT or POST with ?digest=), scopes that hold it already need no
+        more bytes; should the bytes not match it, the upload fails anyway."""
+
+        def write(c: sqlite3.Connection) -> None:
+            row = c.execute(
+                "SELECT repository, subject FROM uploads WHERE upload_id = ?",
+                (upload_id,),
+            ).fetchone()
+            if row is None:
+                return
+            wanted = dict.fromkeys(usage.SCOPES, extra)
+            if digest is not None:
+                # -1 for a repository with no row yet: nothing is linked there.
+                repository_id = _repository_id(c, row[0]) or -1
+                wanted = usage.new_bytes(c, repository_id, row[0], digest, extra)
+                wanted = wanted or dict.fromkeys(usage.SCOPES, 0)
+            check(c, row[0], row[1], wanted)
+            c.execute(
+                "UPDATE uploads SET reserved = reserved + ? WHERE upload_id = ?",
+                (extra, upload_id),
+            )
+
+        await self._write(write, durable=False)
+
+    async def set_upload_reserved(self, upload_id: str, value: int) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "UPDATE uploads SET reserved = ? WHERE upload_id = ?",
+                (value, upload_id),
+            ),
+            durable=False,
+        )
+
+    def quota_usage(self) -> list[tuple[str, str, int]]:
+        return usage.all_usage(self._reader)
 
     async def put_manifest(
         self,

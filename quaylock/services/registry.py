@@ -29,6 +29,7 @@ from quaylock.metadata.store import ManifestRecord, SQLiteStore
 from quaylock.metrics import Metrics
 from quaylock.oci import Digest
 from quaylock.services.manifests import parse_manifest
+from quaylock.services.quotas import QuotaGuard
 from quaylock.services.signing import SignatureChecker
 from quaylock.services.tag_admin import TagAdmin
 from quaylock.services.tags import Actor, TagGuard
@@ -79,7 +80,8 @@ class Registry:
         self.driver = driver
         self.store = store
         self.metrics = metrics or Metrics()
-        self.uploads = UploadService(driver, store, config)
+        self.quotas = QuotaGuard(config.quotas)
+        self.uploads = UploadService(driver, store, config, self.quotas)
         self.tags = TagGuard(config.tags, store)
         self.tag_admin = TagAdmin(self)
         self.signing = SignatureChecker(config.signatures, store, driver, self.metrics)
@@ -109,6 +111,7 @@ class Registry:
         digest: Digest,
         source: str | None,
         may_pull: MayPull | None = None,
+        subject: str | None = None,
     ) -> int | None:
         """Make a blob from another repository visible here, without bytes.
 
@@ -132,7 +135,13 @@ class Registry:
             size = await self.store.linked_blob_size(str(digest))
         if size is None or await self.driver.blob_size(str(digest)) is None:
             return None
-        await self.store.link_blob(repository, str(digest), size)
+        if size > size_limits(self.config.limits, repository).blob_max_bytes:
+            return None  # over this repository's blob limit: upload instead
+        # A mount counts like an upload: the quotas check the bytes it adds.
+        await self.store.link_blob(
+            repository, str(digest), size, subject=subject,
+            check=self.quotas.check if self.quotas.enabled else None,
+        )  # fmt: skip
         return size
 
     async def delete_blob(self, repository: str, digest: Digest) -> None:

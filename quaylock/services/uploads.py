@@ -33,6 +33,7 @@ from quaylock.config import Config, size_limits
 from quaylock.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
+    Denied,
     DigestInvalid,
     InsufficientStorage,
     RangeInvalid,
@@ -52,6 +53,9 @@ INLINE_HASH_BYTES = 64 * 1024
 _RUNNING_HASHES_MAX = 4096
 # Expired sessions purged per pass.
 _PURGE_BATCH = 100
+# Least bytes reserved against quotas at a time while a body of unknown
+# length streams in.
+_RESERVE_STEP = 64 * 1024
 _RETRY_SECONDS = "60"
 
 # A request body, read with at most this many bytes.
@@ -104,10 +108,14 @@ def new_upload_id() -> str:
 class UploadService:
     """Upload sessions over a blob driver and the metadata store."""
 
-    def __init__(self, driver: BlobDriver, store: SQLiteStore, config: Config):
+    def __init__(
+        self, driver: BlobDriver, store: SQLiteStore, config: Config, quotas=None
+    ):
         self.driver = driver
         self.store = store
         self.config = config
+        # services.quotas.QuotaGuard, or None: no quotas.
+        self.quotas = quotas if quotas is not None and quotas.enabled else None
         # upload_id -> (committed offset, sha256 of bytes [0, offset))
         self._hashes: OrderedDict[str, tuple[int, object]] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -150,31 +158,37 @@ class UploadService:
         """
         self._check_disk()
         limits = self.config.uploads
-        since = time.time() - limits.idle_seconds
-        by_subject, by_client = self.store.upload_counts(
-            owner.subject, owner.client, since
-        )
-        for count, limit, setting, who in (
-            (by_subject, limits.max_sessions_per_subject, "max_sessions_per_subject",
-             owner.subject),
-            (by_client, limits.max_sessions_per_address, "max_sessions_per_address",
-             owner.client),
-        ):  # fmt: skip
-            if setting.endswith("subject") and not owner.per_subject:
-                continue
-            if count >= limit:
-                error = TooManyRequests(
-                    f"{who} has {count} open upload sessions; the limit is {limit} "
-                    f"(uploads.{setting}): finish or cancel some, or wait "
-                    f"{limits.idle_seconds} s for idle ones to expire"
-                )
-                error.headers["Retry-After"] = _RETRY_SECONDS
-                raise error
         upload_id = new_upload_id()
         await self.driver.start_upload(upload_id)
-        await self.store.create_upload(
-            upload_id, repository, owner.subject, owner.client
-        )
+
+        def within_limits(by_subject: int, by_client: int) -> None:
+            """Runs in the transaction that inserts the session, so workers
+            racing for the last free session cannot both get it."""
+            for count, limit, setting, who in (
+                (by_subject, limits.max_sessions_per_subject,
+                 "max_sessions_per_subject", owner.subject),
+                (by_client, limits.max_sessions_per_address,
+                 "max_sessions_per_address", owner.client),
+            ):  # fmt: skip
+                if setting.endswith("subject") and not owner.per_subject:
+                    continue
+                if count >= limit:
+                    error = TooManyRequests(
+                        f"{who} has {count} open upload sessions; the limit is "
+                        f"{limit} (uploads.{setting}): finish or cancel some, or "
+                        f"wait {limits.idle_seconds} s for idle ones to expire"
+                    )
+                    error.headers["Retry-After"] = _RETRY_SECONDS
+                    raise error
+
+        try:
+            await self.store.create_upload(
+                upload_id, repository, owner.subject, owner.client,
+                time.time() - limits.idle_seconds, within_limits,
+            )  # fmt: skip
+        except BaseException:
+            await self.driver.abort_upload(upload_id)
+            raise
         self._hashes[upload_id] = (0, hashlib.sha256())
         self._trim_hashes()
         return UploadRecord(
@@ -204,10 +218,11 @@ class UploadService:
             )
         return record
 
-    # TODO(#6): quotas per repository, namespace and user on deduplicated
-    # bytes, reserved as chunks stream (staged_max_bytes and the disk floor
-    # below are checked at each chunk's start, so parallel streams can pass
-    # them together), and garbage collection.
+    # TODO(#6): reserve staged bytes and disk headroom as chunks stream, as
+    # quotas do (staged_max_bytes and the disk floor are checked at each
+    # chunk's start, so parallel streams can pass them together); garbage
+    # collection, which is also what gives back the bytes of manifests
+    # deleted without their blobs.
     def _chunk_limit(
         self, record: UploadRecord, declared: int | None
     ) -> tuple[int, str]:
@@ -221,6 +236,11 @@ class UploadService:
         """
         limits = size_limits(self.config.limits, record.repository)
         blob_left = limits.blob_max_bytes - record.size
+        if declared == 0:
+            # An empty closing PUT stages nothing: it must pass even at the
+            # staging cap or the disk floor, or finishing uploads (which
+            # frees staging space) would wait for space itself.
+            return 0, "chunk"
         staged_left = self.config.uploads.staged_max_bytes - self.store.staged_bytes()
         if staged_left <= 0 or (declared is not None and declared > staged_left):
             error = Unavailable(
@@ -256,7 +276,11 @@ class UploadService:
             )
 
     async def _staged(
-        self, record: UploadRecord, body: Body, declared: int | None
+        self,
+        record: UploadRecord,
+        body: Body,
+        declared: int | None,
+        digest: Digest | None = None,
     ) -> int:
         """Stage one chunk under the limits. A chunk that passes one ends
         the session (its staged bytes are deleted) and answers for that
@@ -268,7 +292,12 @@ class UploadService:
             await self._discard(record)
             raise
         try:
-            return await self._stage(record, body(limit))
+            return await self._stage(
+                record, self._reserving(record, body(limit), declared, digest)
+            )
+        except Denied:
+            await self._discard(record)
+            raise
         except TooLarge:
             await self._discard(record)
             if source in ("chunk", "blob"):
@@ -283,6 +312,41 @@ class UploadService:
             )
             error.headers["Retry-After"] = _RETRY_SECONDS
             raise error from None
+
+    async def _reserving(
+        self,
+        record: UploadRecord,
+        chunks: AsyncIterator[bytes],
+        declared: int | None,
+        digest: Digest | None,
+    ) -> AsyncIterator[bytes]:
+        """Pass `chunks` on, reserving their bytes against the quotas first:
+        the declared length at once, or growing steps as a body without one
+        streams in."""
+        if self.quotas is None:
+            async for chunk in chunks:
+                yield chunk
+            return
+        known = str(digest) if digest is not None else None
+        reserved = 0
+        if declared:
+            await self.store.reserve_upload(
+                record.upload_id, declared, self.quotas.check, known
+            )
+            reserved = declared
+        received = 0
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > reserved:
+                # Steps grow with the upload (a sixteenth of it, at least
+                # _RESERVE_STEP): a few dozen writes per GiB, and never much
+                # more held than has arrived.
+                step = max(_RESERVE_STEP, received // 16, received - reserved)
+                await self.store.reserve_upload(
+                    record.upload_id, step, self.quotas.check, known
+                )
+                reserved += step
+            yield chunk
 
     async def append(
         self,
@@ -310,6 +374,8 @@ class UploadService:
                     f"but {size - record.size} arrived; the chunk was discarded"
                 )
             await self.store.set_upload_size(record.upload_id, size)
+            if self.quotas is not None:
+                await self.store.set_upload_reserved(record.upload_id, size)
             return size
 
     async def finish(
@@ -335,7 +401,7 @@ class UploadService:
             size = record.size
             if body is not None:
                 self._check_range(record, content_range, content_length)
-                size = await self._staged(record, body, content_length)
+                size = await self._staged(record, body, content_length, digest)
                 received = size - record.size
                 if content_range is not None and received != content_range.length:
                     await self._undo(record)
@@ -354,9 +420,12 @@ class UploadService:
                 await self._undo(record)
                 raise
             await self.driver.commit_upload(record.upload_id, str(digest))
+            # The session's reservation covered these bytes; linking turns
+            # it into stored bytes (deduplicated) in one transaction.
             await self.store.link_blob(
-                record.repository, str(digest), size, upload_id=record.upload_id
-            )
+                record.repository, str(digest), size, upload_id=record.upload_id,
+                subject=record.subject if record.subject != "anonymous" else None,
+            )  # fmt: skip
             self._forget(record.upload_id)
             return size
 
@@ -392,11 +461,17 @@ class UploadService:
         before = time.time() - self.config.uploads.idle_seconds
         removed = 0
         for upload_id in self.store.expired_uploads(before, _PURGE_BATCH):
-            if await self.store.delete_expired_upload(upload_id, before):
-                with contextlib.suppress(PathNotFound):
-                    await self.driver.abort_upload(upload_id)
-                self._forget(upload_id)
-                removed += 1
+            # A session a request is streaming into is in use, however long
+            # since its last chunk committed: leave it.
+            try:
+                async with self._hold(upload_id):
+                    if await self.store.delete_expired_upload(upload_id, before):
+                        with contextlib.suppress(PathNotFound):
+                            await self.driver.abort_upload(upload_id)
+                        self._forget(upload_id)
+                        removed += 1
+            except (BlobUploadInvalid, BlobUploadUnknown):
+                continue  # busy in another request, or gone already
         if removed:
             log.event(log.logger, 20, "expired upload sessions purged", count=removed)
         return removed
@@ -454,6 +529,8 @@ class UploadService:
 
     async def _undo(self, record: UploadRecord) -> None:
         self._forget(record.upload_id)
+        if self.quotas is not None:
+            await self.store.set_upload_reserved(record.upload_id, record.size)
         try:
             await self.driver.truncate_upload(record.upload_id, record.size)
         except PathNotFound:

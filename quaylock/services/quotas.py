@@ -1,0 +1,66 @@
+"""Quotas on stored bytes per repository, namespace and user.
+
+Checks run inside the write transaction that reserves or links the bytes
+(`metadata.usage`), so two uploads racing for the last bytes of a quota
+cannot both pass: the second sees the first's reservation.
+"""
+
+from __future__ import annotations
+
+from quaylock.config import QuotasConfig, quota_for
+from quaylock.errors import Denied
+from quaylock.metadata import usage
+
+
+class QuotaGuard:
+    """Args:
+    config: the `quotas` section.
+    """
+
+    def __init__(self, config: QuotasConfig):
+        self.config = config
+        self.enabled = bool(
+            config.repository_max_bytes
+            or config.namespace_max_bytes
+            or config.user_max_bytes
+            or config.overrides
+        )
+
+    def check(self, c, repository: str, subject: str | None, wanted: dict) -> None:
+        """Raises:
+        Denied: `wanted` more bytes (by scope) would pass a quota; the
+            message names the quota, its size and its current use."""
+        if not self.enabled:
+            return
+        names = {
+            "repository": repository,
+            "namespace": usage.namespace_of(repository),
+            "user": subject if subject and subject != "anonymous" else None,
+        }
+        for scope, name in names.items():
+            extra = wanted.get(scope, 0)
+            if name is None or extra <= 0:
+                continue
+            quota, source = quota_for(self.config, scope, name)
+            if not quota:
+                continue
+            stored = usage.used(c, scope, name)
+            pending = usage.reserved(c, scope, name)
+            if stored + pending + extra > quota:
+                raise Denied(
+                    f"{scope} {name} would pass its quota of {quota} bytes "
+                    f"({source}): it stores {stored} bytes, uploads in progress "
+                    f"reserve {pending}, and this needs {extra} more",
+                    detail={"quota": quota, "stored": stored, "reserved": pending},
+                )
+
+    def usage_report(self, store) -> list[dict]:
+        """Use against quota for everything that stores bytes."""
+        report = []
+        for scope, name, stored in store.quota_usage():
+            quota, source = quota_for(self.config, scope, name)
+            report.append(
+                {"scope": scope, "name": name, "bytes": stored,
+                 "quota": quota or None, "setting": source if quota else None}
+            )  # fmt: skip
+        return report

@@ -1,0 +1,145 @@
+"""Quotas on stored bytes per repository, namespace and user, on a running
+server: refused uploads leave nothing and use nothing, blobs count once per
+repository and per namespace, mounts count like uploads, deletes give bytes
+back, and uploads racing for the last bytes of a quota cannot pass it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import error_code, push_blob, sha256, unique_repo
+from tests.test_auth_clients import PASSWORD, add_user
+from tests.test_limits import staged_files, stream
+from tests.test_upload_sessions import bearer
+
+KIB = 1024
+
+
+def usage(server) -> dict[tuple[str, str], int]:
+    result = subprocess.run(
+        [sys.executable, "-m", "quaylock.cli.main", "quota", "--data", str(server.data),
+         "--config", str(server.data.parent / "config.yaml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    return {(r["scope"], r["name"]): r["bytes"] for r in rows}
+
+
+def denied(response, words: str) -> None:
+    assert response.status_code == 403, response.text
+    assert error_code(response) == "DENIED"
+    assert words in response.json()["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("how", ["post", "patch", "put", "streamed"])
+def test_an_upload_past_the_repository_quota_leaves_nothing(make_server, how):
+    server = make_server({"quotas": {"repository_max_bytes": 100 * KIB}})
+    repo = unique_repo("quota")
+    with server.client() as client:
+        push_blob(client, repo, b"a" * (60 * KIB))
+        data = b"b" * (50 * KIB)
+        if how == "post":
+            response = client.post(f"/v2/{repo}/blobs/uploads/",
+                                   params={"digest": sha256(data)}, content=data)  # fmt: skip
+        else:
+            location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+            body = stream(data) if how == "streamed" else data
+            if how == "put":
+                response = client.put(location, params={"digest": sha256(data)},
+                                      content=body)  # fmt: skip
+            else:
+                response = client.patch(location, content=body)
+        denied(response, f"repository {repo} would pass its quota of {100 * KIB} bytes")
+        assert "(quotas.repository_max_bytes): it stores 61440 bytes" in response.text
+        assert client.head(f"/v2/{repo}/blobs/{sha256(data)}").status_code == 404
+    assert staged_files(server) == []
+    assert usage(server)[("repository", repo)] == 60 * KIB
+
+
+def test_blobs_count_once_per_namespace_and_deletes_give_bytes_back(make_server):
+    server = make_server({"quotas": {"namespace_max_bytes": 100 * KIB}})
+    data = b"shared" * 10 * KIB  # 60 KiB
+    with server.client() as client:
+        digest = push_blob(client, "team/one", data)
+        # The same blob in another repository of the namespace: no new bytes.
+        assert push_blob(client, "team/two", data) == digest
+        mounted = client.post("/v2/team/three/blobs/uploads/",
+                              params={"mount": digest, "from": "team/one"})  # fmt: skip
+        assert mounted.status_code == 201
+        used = usage(server)
+        assert used[("namespace", "team")] == len(data)
+        assert used[("repository", "team/two")] == len(data)
+        # 60 KiB more would pass the namespace's 100 KiB.
+        other = b"o" * (60 * KIB)
+        refused = client.post("/v2/team/four/blobs/uploads/",
+                              params={"digest": sha256(other)}, content=other)  # fmt: skip
+        denied(refused, "namespace team would pass its quota of 102400 bytes")
+        for repo in ("team/one", "team/two", "team/three"):
+            assert client.delete(f"/v2/{repo}/blobs/{digest}").status_code == 202
+        assert usage(server).get(("namespace", "team"), 0) == 0
+        done = client.post("/v2/team/four/blobs/uploads/",
+                           params={"digest": sha256(other)}, content=other)  # fmt: skip
+        assert done.status_code == 201
+
+
+def test_a_mount_counts_like_an_upload(make_server):
+    server = make_server({"quotas": {"overrides": [
+        {"repositories": ["small/**"], "max_bytes": 10 * KIB}]}})  # fmt: skip
+    data = b"m" * (20 * KIB)
+    with server.client() as client:
+        digest = push_blob(client, "big/source", data)
+        refused = client.post("/v2/small/target/blobs/uploads/",
+                              params={"mount": digest, "from": "big/source"})  # fmt: skip
+        denied(refused, "repository small/target would pass its quota of 10240 bytes")
+        assert "quotas.overrides[0]" in refused.text
+        assert client.head(f"/v2/small/target/blobs/{digest}").status_code == 404
+
+
+def test_user_quota_follows_who_pushed(make_server):
+    server = make_server({"auth": {"mode": "token"},
+                          "quotas": {"user_max_bytes": 50 * KIB}})  # fmt: skip
+    add_user(server, "alice")
+    headers = bearer(server, ("alice", PASSWORD["alice"]), "alice/app")
+    with server.client(headers=headers) as client:
+        push_blob(client, "alice/app", b"1" * (40 * KIB))
+        data = b"2" * (20 * KIB)
+        refused = client.post("/v2/alice/app/blobs/uploads/",
+                              params={"digest": sha256(data)}, content=data)  # fmt: skip
+        denied(refused, "user alice would pass its quota of 51200 bytes")
+    assert usage(server)[("user", "alice")] == 40 * KIB
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["length", "streamed"])
+def test_sixteen_parallel_uploads_never_pass_the_namespace_quota(make_server, streamed):
+    blob = 256 * KIB
+    quota = 4 * blob + blob // 2  # room for four, not five
+    server = make_server({"quotas": {"namespace_max_bytes": quota}})
+
+    def upload(i: int) -> int:
+        data = bytes([i]) * blob
+        with server.client() as client:
+            location = client.post(f"/v2/race/r{i}/blobs/uploads/").headers["location"]
+            return client.put(
+                location, params={"digest": sha256(data)},
+                content=stream(data, 64 * KIB) if streamed else data,
+            ).status_code  # fmt: skip
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(upload, range(16), timeout=120))
+    assert set(statuses) <= {201, 403}, statuses
+    if streamed:
+        # Bodies without a length reserve as they stream: under contention
+        # some are refused while others' reservations are still open, so
+        # fewer than four may win, never more.
+        assert 1 <= statuses.count(201) <= 4, statuses
+    else:
+        assert statuses.count(201) == 4, statuses
+    stored = usage(server)[("namespace", "race")]
+    assert stored == statuses.count(201) * blob <= quota
+    assert staged_files(server) == []
