@@ -166,8 +166,10 @@ class UploadsConfig:
     # and one client address.
     max_sessions_per_subject: int = 64
     max_sessions_per_address: int = 256
-    # Bytes staged in all open sessions together.
+    # Bytes staged in all open sessions together, and in one subject's
+    # (with authentication on), so that one user cannot take all of it.
     staged_max_bytes: int = 64 * GiB
+    staged_max_bytes_per_subject: int = 16 * GiB
     # A session untouched this long expires; its bytes are purged.
     idle_seconds: int = 3600
     # How often each worker looks for expired sessions.

@@ -149,7 +149,9 @@ class Request:
         lost on clients that read nothing until they have sent everything;
         past the limit or the timeout the server closes the connection.
         """
-        if self.body_done or self.method in ("GET", "HEAD"):
+        if self.body_done or (
+            self.method in ("GET", "HEAD") and not self.content_length()
+        ):
             return
 
         async def drop() -> None:

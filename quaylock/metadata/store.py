@@ -277,8 +277,14 @@ class SQLiteStore:
         )
         return None if row is None else UploadRecord(*row)
 
-    def staged_bytes(self) -> int:
-        (total,) = self._one("SELECT coalesce(sum(size), 0) FROM uploads", ())
+    def staged_bytes(self, subject: str | None = None) -> int:
+        if subject is None:
+            (total,) = self._one("SELECT coalesce(sum(size), 0) FROM uploads", ())
+        else:
+            (total,) = self._one(
+                "SELECT coalesce(sum(size), 0) FROM uploads WHERE subject = ?",
+                (subject,),
+            )
         return total
 
     def expired_uploads(self, before: float, limit: int) -> list[str]:

@@ -241,15 +241,16 @@ class UploadService:
             # staging cap or the disk floor, or finishing uploads (which
             # frees staging space) would wait for space itself.
             return 0, "chunk"
-        staged_left = self.config.uploads.staged_max_bytes - self.store.staged_bytes()
-        if staged_left <= 0 or (declared is not None and declared > staged_left):
-            error = Unavailable(
-                "uploads in progress hold all the staging space the registry "
-                f"allows ({self.config.uploads.staged_max_bytes} bytes, "
-                "uploads.staged_max_bytes); try again later"
+        uploads = self.config.uploads
+        staged_left = uploads.staged_max_bytes - self.store.staged_bytes()
+        if record.subject != "anonymous":
+            staged_left = min(
+                staged_left,
+                uploads.staged_max_bytes_per_subject
+                - self.store.staged_bytes(record.subject),
             )
-            error.headers["Retry-After"] = _RETRY_SECONDS
-            raise error
+        if staged_left <= 0 or (declared is not None and declared > staged_left):
+            raise self._staging_full(record)
         if declared is not None:
             self._check_size(record, limits, record.size + declared, declared)
         headroom = self._check_disk(declared or 0)
@@ -259,6 +260,18 @@ class UploadService:
             (staged_left, "staged"),
             (headroom, "disk"),
         )
+
+    def _staging_full(self, record: UploadRecord) -> Unavailable:
+        uploads = self.config.uploads
+        error = Unavailable(
+            "uploads in progress hold all the staging space allowed: "
+            f"{uploads.staged_max_bytes} bytes in all (uploads.staged_max_bytes), "
+            f"{uploads.staged_max_bytes_per_subject} for {record.subject} "
+            "(uploads.staged_max_bytes_per_subject); finish or cancel uploads, "
+            "or try again later"
+        )
+        error.headers["Retry-After"] = _RETRY_SECONDS
+        return error
 
     def _check_size(self, record: UploadRecord, limits, total: int, chunk: int) -> None:
         if chunk > limits.chunk_max_bytes:
@@ -305,13 +318,7 @@ class UploadService:
                 self._check_size(record, limits, record.size + limit + 1, limit + 1)
             if source == "disk":
                 self._check_disk(limit + 1)
-            error = Unavailable(
-                "uploads in progress hold all the staging space the registry "
-                f"allows ({self.config.uploads.staged_max_bytes} bytes, "
-                "uploads.staged_max_bytes); try again later"
-            )
-            error.headers["Retry-After"] = _RETRY_SECONDS
-            raise error from None
+            raise self._staging_full(record) from None
 
     async def _reserving(
         self,
