@@ -161,6 +161,14 @@ def quota_for(quotas: QuotasConfig, scope: str, name: str) -> tuple[int, str]:
 
 
 @dataclass
+class GCConfig:
+    # What is younger than this stays: a blob uploaded for a manifest not
+    # pushed yet, an image pushed by digest to be tagged. At least
+    # uploads.idle_seconds.
+    grace_seconds: int = 24 * 3600
+
+
+@dataclass
 class UploadsConfig:
     # Open upload sessions one subject may hold (with authentication on),
     # and one client address.
@@ -304,6 +312,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
+    gc: GCConfig = field(default_factory=GCConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
@@ -388,6 +397,12 @@ def _check(config: Config) -> None:
     config.quotas.overrides = [
         _quota_override(i, raw) for i, raw in enumerate(config.quotas.overrides)
     ]
+    if config.gc.grace_seconds < config.uploads.idle_seconds:
+        raise ConfigError(
+            "gc.grace_seconds: expected at least uploads.idle_seconds "
+            f"({config.uploads.idle_seconds}), or collection could take a blob "
+            "that an open upload session is about to use"
+        )
     if config.uploads.idle_seconds < 1 or config.uploads.purge_interval_seconds < 1:
         raise ConfigError(
             "uploads.idle_seconds and uploads.purge_interval_seconds: expected at least 1"

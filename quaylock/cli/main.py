@@ -37,6 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     quota.add_argument("--config", help="YAML configuration file")
     quota.add_argument("--data", help="data folder (default ./data)")
+    gc = commands.add_parser(
+        "gc", help="delete unreferenced manifests and blobs, safely while serving"
+    )
+    gc.add_argument("--config", help="YAML configuration file")
+    gc.add_argument("--data", help="data folder (default ./data)")
+    gc.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    gc.add_argument(
+        "--grace-seconds", type=int,
+        help="keep what is younger (default gc.grace_seconds)",
+    )  # fmt: skip
 
     args = parser.parse_args(argv)
     try:
@@ -48,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             return audit.run(args)
         if args.command == "quota":
             return _quota(args)
+        if args.command == "gc":
+            return _gc(args)
         return accounts.run(args)
     except config_mod.ConfigError as exc:
         print(f"quaylock: configuration error: {exc}", file=sys.stderr)
@@ -69,6 +81,47 @@ def _quota(args) -> int:
     finally:
         store.close()
     return 0
+
+
+def _gc(args) -> int:
+    """Collect garbage with a progress bar on stderr; the summary is one
+    JSON line on stdout."""
+    import asyncio
+
+    from quaylock.metadata.store import open_store
+    from quaylock.services.gc import Collector
+    from quaylock.storage.drivers.filesystem import FilesystemDriver
+
+    apply_flags(args)
+    config = config_mod.load(os.environ.get("QUAYLOCK_CONFIG_FILE") or None)
+    grace = (
+        config.gc.grace_seconds if args.grace_seconds is None else args.grace_seconds
+    )
+    store = open_store(config.metadata_url)
+    try:
+        collector = Collector(
+            store, FilesystemDriver(str(config.storage_root)), grace, _progress_bar()
+        )
+        report = asyncio.run(collector.run(dry_run=args.dry_run))
+    finally:
+        store.close()
+    print(file=sys.stderr)
+    print(json.dumps(report.as_json()))
+    return 0
+
+
+def _progress_bar():
+    def show(sweep: str, done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        end = "\n" if done == total and not sys.stderr.isatty() else ""
+        if sys.stderr.isatty() or done == total:
+            print(
+                f"\r{sweep:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+                end=end, file=sys.stderr, flush=True,
+            )  # fmt: skip
+
+    return show
 
 
 def apply_flags(args) -> None:

@@ -371,15 +371,26 @@ class SQLiteStore:
         upload_id: str | None = None,
         subject: str | None = None,
         check: Callable | None = None,
-    ) -> None:
+        require_linked: bool = False,
+    ) -> bool:
         """Record blob `digest` and make it visible in `repository`, counting
         its bytes for the repository, its namespace and `subject`
         (`metadata.usage`). `check(connection, repository, subject, bytes
         by scope)` runs first and may refuse (a quota). With `upload_id`,
-        the finished session goes, and its reservation with it."""
+        the finished session goes, and its reservation with it. With
+        `require_linked` (a mount), only a blob that some repository still
+        links is linked, so garbage collection never loses one to a mount;
+        returns whether it was."""
 
-        def write(c: sqlite3.Connection) -> None:
+        def write(c: sqlite3.Connection) -> bool:
             now = time.time()
+            if (
+                require_linked
+                and not c.execute(
+                    "SELECT 1 FROM repository_blobs WHERE digest = ? LIMIT 1", (digest,)
+                ).fetchone()
+            ):
+                return False
             repository_id = _ensure_repository(c, repository, now)
             added = usage.new_bytes(c, repository_id, repository, digest, size)
             if check is not None and added is not None:
@@ -397,10 +408,11 @@ class SQLiteStore:
                 usage.on_link(c, repository, subject, added)
             if upload_id is not None:
                 c.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+            return True
 
         # Not fsynced on its own: the blob file already is, and the manifest
         # commit that makes the blob matter flushes this row with it.
-        await self._write(write, durable=False)
+        return await self._write(write, durable=False)
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
         """Hide a blob from `repository`; return whether it was visible. Its
@@ -409,20 +421,7 @@ class SQLiteStore:
         def write(c: sqlite3.Connection) -> bool:
             repository_id = _repository_id(c, repository)
             _refuse_if_referenced(c, repository_id, digest, "blob")
-            row = c.execute(
-                "SELECT rb.pushed_by, b.size FROM repository_blobs rb "
-                "JOIN blobs b ON b.digest = rb.digest "
-                "WHERE rb.repository_id = ? AND rb.digest = ?",
-                (repository_id, digest),
-            ).fetchone()
-            if row is None:
-                return False
-            c.execute(
-                "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?",
-                (repository_id, digest),
-            )
-            usage.on_unlink(c, repository_id, repository, digest, row[1], row[0])
-            return True
+            return usage.remove_link(c, repository_id, repository, digest)
 
         return await self._write(write)
 

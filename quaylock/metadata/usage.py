@@ -116,3 +116,24 @@ def all_usage(c: sqlite3.Connection) -> list[tuple[str, str, int]]:
     return c.execute(
         "SELECT scope, name, bytes FROM usage WHERE bytes != 0 ORDER BY scope, name"
     ).fetchall()
+
+
+def remove_link(
+    c: sqlite3.Connection, repository_id: int, repository: str, digest: str
+) -> bool:
+    """Unlink `digest` from the repository and give its bytes back;
+    whether it was linked."""
+    row = c.execute(
+        "SELECT rb.pushed_by, b.size FROM repository_blobs rb "
+        "JOIN blobs b ON b.digest = rb.digest "
+        "WHERE rb.repository_id = ? AND rb.digest = ?",
+        (repository_id, digest),
+    ).fetchone()
+    if row is None:
+        return False
+    c.execute(
+        "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?",
+        (repository_id, digest),
+    )
+    on_unlink(c, repository_id, repository, digest, row[1], row[0])
+    return True

@@ -138,11 +138,12 @@ class Registry:
         if size > size_limits(self.config.limits, repository).blob_max_bytes:
             return None  # over this repository's blob limit: upload instead
         # A mount counts like an upload: the quotas check the bytes it adds.
-        await self.store.link_blob(
+        linked = await self.store.link_blob(
             repository, str(digest), size, subject=subject,
             check=self.quotas.check if self.quotas.enabled else None,
+            require_linked=True,
         )  # fmt: skip
-        return size
+        return size if linked else None
 
     async def delete_blob(self, repository: str, digest: Digest) -> None:
         self._check_deletes()

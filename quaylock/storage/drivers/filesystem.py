@@ -65,6 +65,28 @@ class FilesystemDriver:
         except FileNotFoundError:
             pass
 
+    def quarantine_blob(self, digest: str, older_than: float) -> str | None:
+        """First step of deleting a blob for garbage collection: move it
+        aside, unless it changed since `older_than` (an upload just stored
+        or touched it); return where it went, or None."""
+        target = paths.blob_path(self.root, digest)
+        aside = f"{target}.gc-{os.getpid()}"
+        try:
+            os.replace(target, aside)
+        except FileNotFoundError:
+            return None
+        if os.stat(aside).st_mtime >= older_than:
+            self.restore_blob(digest, aside)
+            return None
+        return aside
+
+    def restore_blob(self, digest: str, aside: str) -> None:
+        os.replace(aside, paths.blob_path(self.root, digest))
+
+    def purge_blob(self, aside: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+
     # Upload sessions
 
     async def start_upload(self, upload_id: str) -> None:
@@ -154,10 +176,15 @@ class FilesystemDriver:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if os.path.exists(target):
+        try:
             # Content-addressed: the stored blob already holds these bytes.
+            # Touching it first tells garbage collection, which leaves blobs
+            # changed within its grace period, that it is wanted again.
+            os.utime(target)
             os.unlink(source)
             return
+        except FileNotFoundError:
+            pass
         directory = os.path.dirname(target)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.replace(source, target)

@@ -1,0 +1,206 @@
+"""Garbage collection that is safe while the registry serves traffic.
+
+Three sweeps, each deleting one thing per transaction and re-checking, in
+that transaction, why it may go:
+
+1. untagged manifests that no other manifest of the repository lists and
+   that refer to no manifest still there (signatures and SBOMs of a live
+   image stay), pushed before the grace period;
+2. blob links that no manifest of the repository references, made before
+   the grace period (their bytes go back to the quotas);
+3. blobs that no repository links any more, stored before the grace
+   period: the file is moved aside, kept if it changed within the grace
+   period (an upload stored or touched it meanwhile) or if a link came
+   back, and deleted otherwise.
+
+Mounts link only blobs that some repository still links, and a blob's row
+goes only when none does, so a mount never links a blob being collected.
+The grace period must outlast an upload session (`uploads.idle_seconds`):
+a blob uploaded for a manifest not pushed yet survives it.
+
+A dry run counts what is unreferenced now; a real run can free more, since
+each sweep frees what the one before it was holding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from quaylock.metadata import usage
+
+
+@dataclass
+class Report:
+    manifests: int = 0
+    links: int = 0
+    blobs: int = 0
+    bytes_freed: int = 0
+    dry_run: bool = False
+    kept_blobs: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {
+            "dry_run": self.dry_run,
+            "manifests_deleted": self.manifests,
+            "blob_links_deleted": self.links,
+            "blobs_deleted": self.blobs,
+            "bytes_freed": self.bytes_freed,
+        }
+
+
+_UNREFERENCED_MANIFEST = """
+    m.created_at < ?
+    AND NOT EXISTS (SELECT 1 FROM tags t
+                    WHERE t.repository_id = m.repository_id AND t.digest = m.digest)
+    AND NOT EXISTS (SELECT 1 FROM manifest_references r
+                    WHERE r.repository_id = m.repository_id
+                      AND r.child_digest = m.digest AND r.manifest_digest != m.digest)
+    AND (m.subject IS NULL OR NOT EXISTS (
+            SELECT 1 FROM manifests s
+            WHERE s.repository_id = m.repository_id AND s.digest = m.subject))
+"""
+
+_UNREFERENCED_LINK = """
+    rb.created_at < ?
+    AND NOT EXISTS (SELECT 1 FROM manifest_references r
+                    WHERE r.repository_id = rb.repository_id
+                      AND r.child_digest = rb.digest AND r.kind = 'blob')
+"""
+
+
+# TODO(#6): run on a schedule from the server (one worker at a time), and
+# retention rules (keep the newest N tags matching a pattern) that go
+# through the tag rules, so that protected and immutable tags never go.
+class Collector:
+    """Args:
+    store: the metadata store.
+    driver: the filesystem blob driver.
+    grace_seconds: what is younger than this stays.
+    progress: called with (sweep, done, total) as work goes on.
+    """
+
+    def __init__(
+        self,
+        store,
+        driver,
+        grace_seconds: int,
+        progress: Callable[[str, int, int], None] | None = None,
+    ):
+        self.store = store
+        self.driver = driver
+        self.grace_seconds = grace_seconds
+        self.progress = progress or (lambda sweep, done, total: None)
+
+    async def run(self, dry_run: bool = False) -> Report:
+        report = Report(dry_run=dry_run)
+        before = time.time() - self.grace_seconds
+        await self._manifests(before, report)
+        await self._links(before, report)
+        await self._blobs(before, report)
+        return report
+
+    async def _manifests(self, before: float, report: Report) -> None:
+        # Deleting an index can free its children: repeat until none goes.
+        for _ in range(100):
+            found = self.store.read_all(
+                "SELECT m.repository_id, m.digest FROM manifests m WHERE "
+                + _UNREFERENCED_MANIFEST,
+                (before,),
+            )
+            if not found or report.dry_run:
+                report.manifests += len(found)
+                self.progress("manifests", len(found), len(found))
+                return
+            for done, (repository_id, digest) in enumerate(found, 1):
+                if await self.store.write(
+                    lambda c, r=repository_id, d=digest: _delete_manifest(
+                        c, r, d, before
+                    )
+                ):
+                    report.manifests += 1
+                self.progress("manifests", done, len(found))
+
+    async def _links(self, before: float, report: Report) -> None:
+        found = self.store.read_all(
+            "SELECT rb.repository_id, rb.digest FROM repository_blobs rb WHERE "
+            + _UNREFERENCED_LINK,
+            (before,),
+        )
+        if report.dry_run:
+            report.links = len(found)
+            self.progress("blob links", len(found), len(found))
+            return
+        for done, (repository_id, digest) in enumerate(found, 1):
+            if await self.store.write(
+                lambda c, r=repository_id, d=digest: _delete_link(c, r, d, before)
+            ):
+                report.links += 1
+            self.progress("blob links", done, len(found))
+
+    async def _blobs(self, before: float, report: Report) -> None:
+        found = self.store.read_all(
+            "SELECT b.digest, b.size FROM blobs b WHERE b.created_at < ? AND NOT "
+            "EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
+            (before,),
+        )
+        if report.dry_run:
+            report.blobs = len(found)
+            report.bytes_freed = sum(size for _, size in found)
+            self.progress("blobs", len(found), len(found))
+            return
+        for done, (digest, size) in enumerate(found, 1):
+            if await self.store.write(lambda c, d=digest: _delete_blob_row(c, d)):
+                aside = self.driver.quarantine_blob(digest, before)
+                relinked = self.store.read_one(
+                    "SELECT 1 FROM repository_blobs WHERE digest = ?", (digest,)
+                )
+                if aside is not None and relinked is None:
+                    self.driver.purge_blob(aside)
+                    report.blobs += 1
+                    report.bytes_freed += size
+                elif aside is not None:
+                    self.driver.restore_blob(digest, aside)
+                    report.kept_blobs.append(digest)
+            self.progress("blobs", done, len(found))
+
+
+def _delete_manifest(c, repository_id: int, digest: str, before: float) -> bool:
+    still = c.execute(
+        "SELECT 1 FROM manifests m WHERE m.repository_id = ? AND m.digest = ? AND "
+        + _UNREFERENCED_MANIFEST,
+        (repository_id, digest, before),
+    ).fetchone()
+    if still is None:
+        return False
+    c.execute(
+        "DELETE FROM manifests WHERE repository_id = ? AND digest = ?",
+        (repository_id, digest),
+    )
+    c.execute(
+        "DELETE FROM manifest_references WHERE repository_id = ? AND manifest_digest = ?",
+        (repository_id, digest),
+    )
+    return True
+
+
+def _delete_link(c, repository_id: int, digest: str, before: float) -> bool:
+    row = c.execute(
+        "SELECT r.name FROM repository_blobs rb JOIN repositories r "
+        "ON r.id = rb.repository_id WHERE rb.repository_id = ? AND rb.digest = ? AND "
+        + _UNREFERENCED_LINK,
+        (repository_id, digest, before),
+    ).fetchone()
+    return row is not None and usage.remove_link(c, repository_id, row[0], digest)
+
+
+def _delete_blob_row(c, digest: str) -> bool:
+    return (
+        c.execute(
+            "DELETE FROM blobs WHERE digest = ? AND NOT EXISTS "
+            "(SELECT 1 FROM repository_blobs WHERE digest = ?)",
+            (digest, digest),
+        ).rowcount
+        > 0
+    )

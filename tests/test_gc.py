@@ -1,0 +1,166 @@
+"""Garbage collection against a running server: what nothing references
+goes after the grace period, what is referenced stays intact, and a push
+that runs during collection is never left with a missing blob."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+from tests.helpers import (
+    OCI_MANIFEST,
+    image_manifest,
+    push_blob,
+    push_image,
+    push_manifest,
+    sha256,
+    unique_repo,
+)
+from tests.test_signatures import attach_cosign_signature, simple_signing_payload
+
+SETTINGS = {"uploads": {"idle_seconds": 1}, "gc": {"grace_seconds": 1}}
+
+
+def gc(server, *flags: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "quaylock.cli.main", "gc", "--data", str(server.data),
+         "--config", str(server.data.parent / "config.yaml"), *flags],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "[" in result.stderr  # the progress bar
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def blob_file(server, digest: str):
+    hex_ = digest.split(":", 1)[1]
+    return server.data / "blobs" / "sha256" / hex_[:2] / hex_
+
+
+def referenced_blobs_intact(server) -> int:
+    """Every blob a manifest references exists, with the bytes its digest
+    names; returns how many were checked."""
+    db = sqlite3.connect(server.data / "metadata.db")
+    try:
+        rows = db.execute(
+            "SELECT DISTINCT child_digest FROM manifest_references WHERE kind = 'blob'"
+        ).fetchall()
+    finally:
+        db.close()
+    for (digest,) in rows:
+        data = blob_file(server, digest).read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+    return len(rows)
+
+
+def test_collection_takes_what_nothing_references_after_the_grace_period(make_server):
+    server = make_server(SETTINGS)
+    repo = unique_repo("gc")
+    with server.client() as client:
+        kept = push_image(client, repo, tag="v1", seed="kept")
+        gone = push_image(client, repo, tag=None, seed="gone")
+        stray = push_blob(client, repo, b"uploaded, never used")
+        # A signature of the tagged image: untagged, but about a live one.
+        payload = simple_signing_payload(kept["digest"], f"example.test/{repo}:v1")
+        attach_cosign_signature(client, repo, kept["digest"], payload, "c2ln")
+    time.sleep(1.5)
+
+    planned = gc(server, "--dry-run")
+    assert planned["dry_run"] is True
+    assert planned["manifests_deleted"] == 1
+    assert client_sees(server, repo, gone["digest"]) == 200  # nothing deleted yet
+
+    done = gc(server)
+    assert done["manifests_deleted"] == 1
+    assert done["blob_links_deleted"] >= 3  # gone's config and layers, the stray blob
+    assert done["blobs_deleted"] >= 3
+    assert done["bytes_freed"] > 0
+    assert client_sees(server, repo, gone["digest"]) == 404
+    assert client_sees(server, repo, kept["digest"]) == 200
+    with server.client() as client:
+        assert client.head(f"/v2/{repo}/blobs/{stray}").status_code == 404
+        assert not blob_file(server, stray).exists()
+        for blob in (kept["config"], *kept["layers"]):
+            assert client.get(f"/v2/{repo}/blobs/{sha256(blob)}").content == blob
+        tags = client.get(f"/v2/{repo}/tags/list").json()["tags"]
+        assert any(t.endswith(".sig") for t in tags)  # the signature stays
+    assert referenced_blobs_intact(server) >= 3
+    assert gc(server)["manifests_deleted"] == 0
+
+
+def client_sees(server, repo: str, digest: str) -> int:
+    with server.client() as client:
+        return client.head(
+            f"/v2/{repo}/manifests/{digest}", headers={"Accept": OCI_MANIFEST}
+        ).status_code
+
+
+def test_the_grace_period_keeps_what_was_just_uploaded(make_server):
+    server = make_server({"uploads": {"idle_seconds": 60}, "gc": {"grace_seconds": 60}})
+    repo = unique_repo("gc")
+    with server.client() as client:
+        digest = push_blob(client, repo, b"for a manifest still to come")
+    report = gc(server)
+    assert report["blob_links_deleted"] == 0 and report["blobs_deleted"] == 0
+    with server.client() as client:
+        assert client.head(f"/v2/{repo}/blobs/{digest}").status_code == 200
+
+
+def test_a_push_during_collection_is_never_left_with_a_missing_blob(make_server):
+    server = make_server(SETTINGS)
+    repo = unique_repo("gcrace")
+    shared = b"a layer every image shares"
+    stop = threading.Event()
+    outcomes = {"pushed": 0, "refused": 0}
+
+    def push_many() -> None:
+        with server.client() as client:
+            i = 0
+            while not stop.is_set() and i < 400:
+                i += 1
+                config = json.dumps({"os": "linux", "n": i}).encode()
+                own = f"layer {i}".encode() * 50
+                for blob in (config, own, shared):
+                    push_blob(client, repo, blob)
+                body = image_manifest(config, [own, shared])
+                # Untagged every other time, so collection takes those too.
+                reference = f"t{i}" if i % 2 else sha256(body)
+                response = push_manifest(client, repo, reference, body)
+                if response.status_code == 201:
+                    outcomes["pushed"] += 1
+                else:
+                    # Collection took a blob between its upload and this
+                    # push: the push is refused, never stored half-made.
+                    assert response.status_code == 400, response.text
+                    assert "MANIFEST_BLOB_UNKNOWN" in response.text
+                    outcomes["refused"] += 1
+
+    pusher = threading.Thread(target=push_many)
+    pusher.start()
+    rounds = 0
+    deadline = time.monotonic() + 12
+    try:
+        while time.monotonic() < deadline:
+            gc(server, "--grace-seconds", "0")
+            rounds += 1
+    finally:
+        stop.set()
+        pusher.join(60)
+    print(f"{rounds} collections during {outcomes}")
+    assert rounds >= 3 and outcomes["pushed"] > 10, (rounds, outcomes)
+    checked = referenced_blobs_intact(server)
+    assert checked > 0
+    # Every tagged image pulls whole.
+    with server.client() as client:
+        for tag in client.get(f"/v2/{repo}/tags/list").json()["tags"]:
+            manifest = client.get(f"/v2/{repo}/manifests/{tag}",
+                                  headers={"Accept": OCI_MANIFEST}).json()  # fmt: skip
+            for layer in [manifest["config"], *manifest["layers"]]:
+                blob = client.get(f"/v2/{repo}/blobs/{layer['digest']}")
+                assert blob.status_code == 200, (tag, layer["digest"])
+                assert sha256(blob.content) == layer["digest"]
