@@ -166,6 +166,9 @@ class GCConfig:
     # pushed yet, an image pushed by digest to be tagged. At least
     # uploads.idle_seconds.
     grace_seconds: int = 24 * 3600
+    # Collect every this many seconds from the server itself; 0: only when
+    # `quaylock gc` runs.
+    interval_seconds: int = 0
 
 
 @dataclass

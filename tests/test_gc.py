@@ -164,3 +164,16 @@ def test_a_push_during_collection_is_never_left_with_a_missing_blob(make_server)
                 blob = client.get(f"/v2/{repo}/blobs/{layer['digest']}")
                 assert blob.status_code == 200, (tag, layer["digest"])
                 assert sha256(blob.content) == layer["digest"]
+
+
+def test_the_server_collects_on_its_schedule(make_server):
+    server = make_server({**SETTINGS, "server": {"workers": 2},
+                          "gc": {"grace_seconds": 1, "interval_seconds": 1}})  # fmt: skip
+    repo = unique_repo("gcsched")
+    with server.client() as client:
+        gone = push_image(client, repo, tag=None, seed="scheduled")
+    deadline = time.monotonic() + 20
+    while client_sees(server, repo, gone["digest"]) == 200:
+        assert time.monotonic() < deadline, "nothing collected in 20 s"
+        time.sleep(0.5)
+    assert "garbage collected" in server.log()

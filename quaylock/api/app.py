@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +256,29 @@ class App:
         if auth is not None:
             auth.accounts.on_event = registry._emit
         self._purger: asyncio.Task | None = None
+        self._collector: asyncio.Task | None = None
+
+    async def _collect_garbage(self) -> None:
+        """Run `quaylock gc` every `gc.interval_seconds`, as a process of its
+        own so that the scan never holds up requests; its lock lets one
+        worker's run go ahead and the others skip."""
+        interval = self.registry.config.gc.interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "quaylock.cli.main", "gc",
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
+                out, _ = await process.communicate()
+                summary = out.decode(errors="replace").strip().splitlines()
+                if process.returncode != 0:
+                    log.logger.error("garbage collection failed")
+                elif summary and "skipped" not in summary[-1]:
+                    log.event(log.logger, 20, "garbage collected", detail=summary[-1])
+            except Exception:  # noqa: BLE001 - try again next interval
+                log.logger.exception("garbage collection could not start")
 
     async def _purge_uploads(self) -> None:
         """Remove expired upload sessions and their bytes, every
@@ -279,10 +303,13 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._purger = asyncio.create_task(self._purge_uploads())
+                if self.registry.config.gc.interval_seconds:
+                    self._collector = asyncio.create_task(self._collect_garbage())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._purger is not None:
-                    self._purger.cancel()
+                for task in (self._purger, self._collector):
+                    if task is not None:
+                        task.cancel()
                 self.registry.metrics.flush()
                 self.registry.store.close()
                 await send({"type": "lifespan.shutdown.complete"})

@@ -87,6 +87,7 @@ def _gc(args) -> int:
     """Collect garbage with a progress bar on stderr; the summary is one
     JSON line on stdout."""
     import asyncio
+    import fcntl
 
     from quaylock.metadata.store import open_store
     from quaylock.services.gc import Collector
@@ -97,6 +98,14 @@ def _gc(args) -> int:
     grace = (
         config.gc.grace_seconds if args.grace_seconds is None else args.grace_seconds
     )
+    # One collection at a time, whether from cron, a person or the server.
+    lock = open(os.path.join(config.data, "gc.lock"), "a")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(json.dumps({"skipped": "another collection is running"}))
+        lock.close()
+        return 0
     store = open_store(config.metadata_url)
     try:
         collector = Collector(
@@ -105,6 +114,7 @@ def _gc(args) -> int:
         report = asyncio.run(collector.run(dry_run=args.dry_run))
     finally:
         store.close()
+        lock.close()
     print(file=sys.stderr)
     print(json.dumps(report.as_json()))
     return 0

@@ -70,8 +70,7 @@ _UNREFERENCED_LINK = """
 """
 
 
-# TODO(#6): run on a schedule from the server (one worker at a time), and
-# retention rules (keep the newest N tags matching a pattern) that go
+# TODO(#6): retention rules (keep the newest N tags matching a pattern),
 # through the tag rules, so that protected and immutable tags never go.
 class Collector:
     """Args:
