@@ -112,3 +112,17 @@ def test_totals_never_go_backwards_while_two_workers_count(make_server):
     seen.append(scrape(server)['quaylock_audit_events_total{action="tag.create"}'])
     assert seen == sorted(seen), "a scrape saw fewer than an earlier one"
     assert seen[-1] == 60
+
+
+def test_health_and_readiness(make_server):
+    server = make_server()
+    with server.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        body = ready.json()
+        assert body["status"] == "ready"
+        assert (body["metadata"], body["blob_store"], body["uploads"]) == (
+            "ok", "ok", "accepted"
+        )  # fmt: skip
+        assert body["disk_free_bytes"] > 0

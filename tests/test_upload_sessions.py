@@ -153,6 +153,10 @@ def test_below_the_disk_floor_uploads_wait_and_pulls_go_on(tmp_path):
             assert client.get(f"/v2/{repo}/blobs/{sha256(data)}").content == data
             metrics = client.get("/metrics").text
             assert "quaylock_disk_floor_reached 1" in metrics
+            ready = client.get("/readyz")
+            assert ready.status_code == 200  # pulls go on
+            assert ready.json()["uploads"] == "refused: disk floor"
+            assert client.get("/healthz").json() == {"status": "ok"}
     finally:
         full.stop()
     assert staged_files(full) == []

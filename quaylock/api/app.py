@@ -136,6 +136,8 @@ EXACT_ROUTES = {
         "/v2/token", r"/v2/token", None, GET=token.get_token, POST=token.post_token
     ),
     "/metrics": _route("/metrics", r"/metrics", PUBLIC, GET=status.metrics),
+    "/healthz": _route("/healthz", r"/healthz", PUBLIC, GET=status.healthz),
+    "/readyz": _route("/readyz", r"/readyz", PUBLIC, GET=status.readyz),
 }
 
 
