@@ -6,6 +6,7 @@ without Content-Length, by PATCH, PUT and monolithic POST. Every refusal is
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,24 @@ SETTINGS = {
         "index_max_children": 2,
         "overrides": [{"repositories": ["big/**"], "blob_max_bytes": 256 * 1024,
                        "chunk_max_bytes": 256 * 1024}],
-    }
+    },
+    # Quotas on, so that uploads reserve bytes: a refusal must give them back.
+    "quotas": {"namespace_max_bytes": 64 * 1024 * 1024},
 }  # fmt: skip
+
+
+def reserved_and_stored(server, repo: str) -> tuple[int, int]:
+    db = sqlite3.connect(server.data / "metadata.db")
+    try:
+        (reserved,) = db.execute(
+            "SELECT coalesce(sum(reserved), 0) FROM uploads"
+        ).fetchone()
+        row = db.execute(
+            "SELECT bytes FROM usage WHERE scope = 'repository' AND name = ?", (repo,)
+        ).fetchone()
+    finally:
+        db.close()
+    return reserved, row[0] if row else 0
 
 
 @pytest.fixture
@@ -67,6 +84,7 @@ def test_monolithic_post_over_the_blob_limit(limited, with_length):
         refused_413(response, "(limits.chunk_max_bytes)")
         assert client.head(f"/v2/{repo}/blobs/{sha256(data)}").status_code == 404
     assert staged_files(limited) == []
+    assert reserved_and_stored(limited, repo) == (0, 0)
 
 
 @pytest.mark.parametrize("with_length", [True, False], ids=["length", "streamed"])
@@ -89,9 +107,11 @@ def test_chunks_that_add_up_past_the_blob_limit_end_the_session(limited, with_le
         refused_413(
             second, f"may be at most {BLOB_LIMIT} bytes (limits.blob_max_bytes)"
         )
-        # The session and its staged bytes are gone.
+        # The session and its staged bytes are gone, and so is what it held
+        # against the quota.
         assert client.get(location).status_code == 404
     assert staged_files(limited) == []
+    assert reserved_and_stored(limited, repo) == (0, 0)
 
 
 @pytest.mark.parametrize("with_length", [True, False], ids=["length", "streamed"])
