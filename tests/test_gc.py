@@ -146,7 +146,7 @@ def test_a_push_during_collection_is_never_left_with_a_missing_blob(make_server)
     deadline = time.monotonic() + 12
     try:
         while time.monotonic() < deadline:
-            gc(server, "--grace-seconds", "0")
+            gc(server, "--grace-seconds", "1")
             rounds += 1
     finally:
         stop.set()
@@ -177,3 +177,46 @@ def test_the_server_collects_on_its_schedule(make_server):
         assert time.monotonic() < deadline, "nothing collected in 20 s"
         time.sleep(0.5)
     assert "garbage collected" in server.log()
+
+
+def test_uploading_a_blob_again_renews_its_grace_period(make_server):
+    server = make_server(SETTINGS)
+    repo = unique_repo("gcagain")
+    data = b"pushed twice, a while apart"
+    with server.client() as client:
+        digest = push_blob(client, repo, data)
+        time.sleep(1.5)
+        assert push_blob(client, repo, data) == digest  # a client that skips HEAD
+    gc(server)
+    with server.client() as client:
+        assert client.head(f"/v2/{repo}/blobs/{digest}").status_code == 200
+
+
+def test_a_blob_whose_bytes_are_lost_answers_blob_unknown(make_server):
+    server = make_server(SETTINGS)
+    repo = unique_repo("lost")
+    with server.client() as client:
+        digest = push_blob(client, repo, b"soon lost on disk")
+        blob_file(server, digest).unlink()
+        for method, headers in (
+            ("GET", {}),
+            ("HEAD", {}),
+            ("GET", {"range": "bytes=0-3"}),
+        ):
+            answer = client.request(
+                method, f"/v2/{repo}/blobs/{digest}", headers=headers
+            )
+            assert answer.status_code == 404, (method, headers)
+            if method == "GET":
+                assert answer.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
+def test_gc_refuses_a_grace_shorter_than_an_upload_session(make_server):
+    server = make_server({"uploads": {"idle_seconds": 60}, "gc": {"grace_seconds": 60}})
+    result = subprocess.run(
+        [sys.executable, "-m", "quaylock.cli.main", "gc", "--data", str(server.data),
+         "--config", str(server.data.parent / "config.yaml"), "--grace-seconds", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "below uploads.idle_seconds (60)" in result.stderr

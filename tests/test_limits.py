@@ -41,7 +41,8 @@ def reserved_and_stored(server, repo: str) -> tuple[int, int]:
     db = sqlite3.connect(server.data / "metadata.db")
     try:
         (reserved,) = db.execute(
-            "SELECT coalesce(sum(reserved), 0) FROM uploads"
+            "SELECT coalesce(sum(reserved + reserved_namespace + reserved_user), 0) "
+            "FROM uploads"
         ).fetchone()
         row = db.execute(
             "SELECT bytes FROM usage WHERE scope = 'repository' AND name = ?", (repo,)

@@ -6,9 +6,12 @@ back, and uploads racing for the last bytes of a quota cannot pass it."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -143,3 +146,39 @@ def test_sixteen_parallel_uploads_never_pass_the_namespace_quota(make_server, st
     stored = usage(server)[("namespace", "race")]
     assert stored == statuses.count(201) * blob <= quota
     assert staged_files(server) == []
+
+
+def test_an_upload_of_a_blob_the_namespace_holds_reserves_nothing_there(make_server):
+    server = make_server({"quotas": {"namespace_max_bytes": 100 * KIB}})
+    small = b"held already"
+    big = 2 * 1024 * KIB  # far past the namespace quota
+    with server.client() as client:
+        digest = push_blob(client, "ns/a", small)
+        location = client.post("/v2/ns/b/blobs/uploads/").headers["location"]
+        started = threading.Event()
+
+        def trickle():
+            started.set()
+            for _ in range(6):
+                time.sleep(0.5)
+                yield b"x"
+
+        def slow_put():
+            # The body ends short of its declared length on purpose (only
+            # the open reservation matters here); the client library then
+            # refuses to finish the request.
+            with server.client() as slow, contextlib.suppress(Exception):
+                slow.put(location, params={"digest": digest}, content=trickle(),
+                         headers={"content-length": str(big)})  # fmt: skip
+
+        thread = threading.Thread(target=slow_put)
+        thread.start()
+        started.wait(10)
+        time.sleep(1)
+        # The slow upload claims a digest the namespace holds: it must not
+        # hold a megabyte-sized reservation against the namespace meanwhile.
+        other = b"o" * (50 * KIB)
+        done = client.post("/v2/ns/c/blobs/uploads/",
+                           params={"digest": sha256(other)}, content=other)  # fmt: skip
+        assert done.status_code == 201, done.text
+        thread.join(30)

@@ -270,10 +270,19 @@ class App:
             try:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "quaylock.cli.main", "gc",
+                    "--interval", str(interval),
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.DEVNULL,
                 )  # fmt: skip
-                out, _ = await process.communicate()
+                try:
+                    out, _ = await asyncio.wait_for(
+                        process.communicate(), max(interval, 3600)
+                    )
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+                    log.logger.error("garbage collection ran too long and was stopped")
+                    continue
                 summary = out.decode(errors="replace").strip().splitlines()
                 if process.returncode != 0:
                     log.logger.error("garbage collection failed")

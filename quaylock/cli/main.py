@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from quaylock import __version__
 from quaylock import config as config_mod
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     gc.add_argument(
         "--grace-seconds", type=int,
         help="keep what is younger (default gc.grace_seconds)",
+    )  # fmt: skip
+    gc.add_argument(
+        "--interval", type=int, default=0,
+        help="skip if a collection ended less than this many seconds ago",
     )  # fmt: skip
 
     args = parser.parse_args(argv)
@@ -98,6 +103,14 @@ def _gc(args) -> int:
     grace = (
         config.gc.grace_seconds if args.grace_seconds is None else args.grace_seconds
     )
+    if grace < config.uploads.idle_seconds:
+        print(
+            f"quaylock: --grace-seconds {grace} is below uploads.idle_seconds "
+            f"({config.uploads.idle_seconds}); collection could take a blob an "
+            "open upload is about to use",
+            file=sys.stderr,
+        )
+        return 2
     # One collection at a time, whether from cron, a person or the server.
     lock = open(os.path.join(config.data, "gc.lock"), "a")  # noqa: SIM115
     try:
@@ -106,12 +119,20 @@ def _gc(args) -> int:
         print(json.dumps({"skipped": "another collection is running"}))
         lock.close()
         return 0
+    stamp = os.path.join(config.data, "gc.last")
+    if args.interval and os.path.exists(stamp):
+        if time.time() - os.path.getmtime(stamp) < args.interval * 0.9:
+            print(json.dumps({"skipped": "collected less than an interval ago"}))
+            lock.close()
+            return 0
     store = open_store(config.metadata_url)
     try:
         collector = Collector(
             store, FilesystemDriver(str(config.storage_root)), grace, _progress_bar()
         )
         report = asyncio.run(collector.run(dry_run=args.dry_run))
+        with open(stamp, "w"):
+            pass  # when the last collection ended, for --interval
     finally:
         store.close()
         lock.close()

@@ -175,7 +175,9 @@ MIGRATIONS: list[str] = [
     # and user (scope, name), kept in the transaction that links or unlinks
     # a blob; a blob counts once per repository and once per namespace, and
     # for the user whose push or mount linked it. An upload session's
-    # reserved bytes count against the same quotas while it streams.
+    # reserved bytes (for its repository, namespace and user apart: a blob
+    # a scope holds already needs nothing there) count against the same
+    # quotas while it streams.
     """
     CREATE TABLE usage (
         scope TEXT NOT NULL,
@@ -185,6 +187,8 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE repository_blobs ADD COLUMN pushed_by TEXT;
     ALTER TABLE uploads ADD COLUMN reserved BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE uploads ADD COLUMN reserved_namespace BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE uploads ADD COLUMN reserved_user BIGINT NOT NULL DEFAULT 0;
     CREATE INDEX uploads_repository ON uploads (repository);
     """,
 ]

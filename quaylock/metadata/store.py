@@ -406,6 +406,14 @@ class SQLiteStore:
                     (repository_id, digest, now, subject),
                 )
                 usage.on_link(c, repository, subject, added)
+            else:
+                # Pushed or mounted again: as new to garbage collection's
+                # grace period as a first push.
+                c.execute(
+                    "UPDATE repository_blobs SET created_at = ? "
+                    "WHERE repository_id = ? AND digest = ?",
+                    (now, repository_id, digest),
+                )
             if upload_id is not None:
                 c.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
             return True
@@ -448,9 +456,13 @@ class SQLiteStore:
                 wanted = usage.new_bytes(c, repository_id, row[0], digest, extra)
                 wanted = wanted or dict.fromkeys(usage.SCOPES, 0)
             check(c, row[0], row[1], wanted)
+            # Reserve in each scope what the check approved there, no more:
+            # a session must not hold bytes against a scope that needs none.
             c.execute(
-                "UPDATE uploads SET reserved = reserved + ? WHERE upload_id = ?",
-                (extra, upload_id),
+                "UPDATE uploads SET reserved = reserved + ?, "
+                "reserved_namespace = reserved_namespace + ?, "
+                "reserved_user = reserved_user + ? WHERE upload_id = ?",
+                (wanted["repository"], wanted["namespace"], wanted["user"], upload_id),
             )
 
         await self._write(write, durable=False)
@@ -458,7 +470,8 @@ class SQLiteStore:
     async def set_upload_reserved(self, upload_id: str, value: int) -> None:
         await self._write(
             lambda c: c.execute(
-                "UPDATE uploads SET reserved = ? WHERE upload_id = ?",
+                "UPDATE uploads SET reserved = ?1, reserved_namespace = ?1, "
+                "reserved_user = ?1 WHERE upload_id = ?2",
                 (value, upload_id),
             ),
             durable=False,

@@ -41,9 +41,17 @@ def reserved(c: sqlite3.Connection, scope: str, name: str) -> int:
     else:
         sql, args = "subject = ?", (name,)
     (total,) = c.execute(
-        f"SELECT coalesce(sum(reserved), 0) FROM uploads WHERE {sql}", args
+        f"SELECT coalesce(sum({RESERVED[scope]}), 0) FROM uploads WHERE {sql}", args
     ).fetchone()
     return total
+
+
+# The uploads column that holds a session's reservation in each scope.
+RESERVED = {
+    "repository": "reserved",
+    "namespace": "reserved_namespace",
+    "user": "reserved_user",
+}
 
 
 def _add(c: sqlite3.Connection, scope: str, name: str, delta: int) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quaylock.metadata import usage
+from quaylock.storage.drivers.filesystem import KEPT
 
 
 @dataclass
@@ -155,13 +156,24 @@ class Collector:
                 relinked = self.store.read_one(
                     "SELECT 1 FROM repository_blobs WHERE digest = ?", (digest,)
                 )
-                if aside is not None and relinked is None:
+                if aside is None:
+                    continue  # no file: nothing more to free
+                if aside != KEPT and relinked is None:
                     self.driver.purge_blob(aside)
                     report.blobs += 1
                     report.bytes_freed += size
-                elif aside is not None:
+                    continue
+                if aside != KEPT:
                     self.driver.restore_blob(digest, aside)
-                    report.kept_blobs.append(digest)
+                # The file stays, so its row comes back: a file with no row
+                # would never be collected again.
+                await self.store.write(
+                    lambda c, d=digest, n=size: c.execute(
+                        "INSERT INTO blobs VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                        (d, n, time.time()),
+                    )
+                )
+                report.kept_blobs.append(digest)
             self.progress("blobs", done, len(found))
 
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from quaylock import oci
+from quaylock import log, oci
 from quaylock.config import Config, size_limits
 from quaylock.errors import (
     BlobUnknown,
@@ -103,6 +103,15 @@ class Registry:
         size = await self.store.repository_blob_size(repository, str(digest))
         if size is None:
             raise BlobUnknown(f"blob {digest} is not in repository {repository}")
+        if await self.driver.blob_size(str(digest)) is None:
+            # Listed, but its bytes are gone (lost on disk): say so, never
+            # promise bytes that cannot be sent.
+            log.event(log.logger, 40, "blob listed but missing from the store",
+                      repository=repository, digest=str(digest))  # fmt: skip
+            raise BlobUnknown(
+                f"blob {digest} is listed in {repository} but its bytes are "
+                "missing from the store"
+            )
         return size
 
     async def mount_blob(

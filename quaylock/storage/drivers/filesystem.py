@@ -18,6 +18,9 @@ from collections.abc import AsyncIterator
 from quaylock.storage import paths
 from quaylock.storage.driver import PathNotFound, UploadBusy
 
+# quarantine_blob's answer for a file it left in place.
+KEPT = "kept"
+
 READ_CHUNK = 1024 * 1024
 # Writes this small go straight to the page cache from the event loop: the
 # hop to a thread would cost more than the write.
@@ -68,7 +71,8 @@ class FilesystemDriver:
     def quarantine_blob(self, digest: str, older_than: float) -> str | None:
         """First step of deleting a blob for garbage collection: move it
         aside, unless it changed since `older_than` (an upload just stored
-        or touched it); return where it went, or None."""
+        or touched it); return where it went, `KEPT`, or None when there is
+        no such file."""
         target = paths.blob_path(self.root, digest)
         aside = f"{target}.gc-{os.getpid()}"
         try:
@@ -77,7 +81,7 @@ class FilesystemDriver:
             return None
         if os.stat(aside).st_mtime >= older_than:
             self.restore_blob(digest, aside)
-            return None
+            return KEPT
         return aside
 
     def restore_blob(self, digest: str, aside: str) -> None:
