@@ -12,6 +12,9 @@ from quaylock.errors import Denied
 from quaylock.metadata import usage
 
 
+# TODO(#6): count manifest bytes too (they are stored, up to
+# limits.manifest_max_bytes each, in the metadata database), and robots
+# against their owner's user quota as well as their own.
 class QuotaGuard:
     """Args:
     config: the `quotas` section.
