@@ -30,6 +30,7 @@ from quaylock.policy.signatures import (
     _check_target,
     _check_trusted_chain,
     _check_validity,
+    _notation_verified,
     _refused,
     _Reject,
 )
@@ -79,12 +80,8 @@ def verify_notation_cose(
         _check_validity(chain, signing_time, expiry, now)
     except _Reject as error:
         return _refused(error)
-    signer = chain[0].subject.rfc4514_string()
-    return Verdict(
-        True,
-        signer,
-        f"notation signature (COSE) of {subject_digest} by {signer!r}, "
-        f"chained to trust root {root_name}",
+    return _notation_verified(
+        chain, subject_digest, root_name, "notation signature (COSE)"
     )
 
 

@@ -587,12 +587,18 @@ def verify_notation_jws(
         _check_times(chain, header, now)
     except _Reject as error:
         return _refused(error)
+    return _notation_verified(chain, subject_digest, root_name, "notation signature")
+
+
+def _notation_verified(
+    chain: list[x509.Certificate], subject_digest: str, root_name: str, what: str
+) -> Verdict:
+    """The verdict for a notation envelope that passed every check."""
     signer = chain[0].subject.rfc4514_string()
     return Verdict(
         True,
         signer,
-        f"notation signature of {subject_digest} by {signer!r}, "
-        f"chained to trust root {root_name}",
+        f"{what} of {subject_digest} by {signer!r}, chained to trust root {root_name}",
     )
 
 

@@ -192,7 +192,7 @@ class Registry:
             DigestInvalid: `reference` is a digest the content does not have.
             ManifestBlobUnknown: a blob or child manifest is not here.
         """
-        self.check_manifest_size(len(content), repository)
+        limits = self.check_manifest_size(len(content), repository)
         tag = None
         if oci.is_digest(reference):
             expected = Digest.parse(reference)
@@ -211,7 +211,6 @@ class Registry:
             parsed = await asyncio.to_thread(parse_manifest, content, content_type)
         else:
             parsed = parse_manifest(content, content_type)
-        limits = size_limits(self.config.limits, repository)
         for count, name, what in (
             (parsed.layers, "manifest_max_layers", "layers"),
             (parsed.children, "index_max_children", "child manifests"),
@@ -377,7 +376,9 @@ class Registry:
             self._emit(event)
         return result
 
-    def check_manifest_size(self, size: int, repository: str = "") -> None:
+    def check_manifest_size(self, size: int, repository: str = ""):
+        """Raises TooLarge over the repository's manifest limit; returns the
+        repository's size limits for the other checks."""
         limits = size_limits(self.config.limits, repository)
         limit = limits.manifest_max_bytes
         if size > limit:
@@ -386,6 +387,7 @@ class Registry:
                 f"({limits.sources['manifest_max_bytes']})",
                 detail={"limit": limit, "size": size},
             )
+        return limits
 
     async def delete_manifest(
         self, repository: str, reference: str, actor: Actor = SYSTEM
