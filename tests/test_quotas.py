@@ -15,8 +15,16 @@ import time
 
 import pytest
 
-from tests.helpers import error_code, push_blob, sha256, unique_repo
-from tests.test_auth_clients import PASSWORD, add_user
+from tests.helpers import (
+    error_code,
+    image_manifest,
+    push_blob,
+    push_image,
+    push_manifest,
+    sha256,
+    unique_repo,
+)
+from tests.test_auth_clients import PASSWORD, add_robot, add_user
 from tests.test_limits import staged_files, stream
 from tests.test_upload_sessions import bearer
 
@@ -182,3 +190,68 @@ def test_an_upload_of_a_blob_the_namespace_holds_reserves_nothing_there(make_ser
                            params={"digest": sha256(other)}, content=other)  # fmt: skip
         assert done.status_code == 201, done.text
         thread.join(30)
+
+
+def test_manifests_count_once_per_namespace_and_deletes_give_bytes_back(make_server):
+    server = make_server({"quotas": {"namespace_max_bytes": 10 * 1024 * KIB}})
+    with server.client() as client:
+        image = push_image(client, "shop/one", tag="v1", seed="m")
+        blobs = len(image["config"]) + sum(map(len, image["layers"]))
+        manifest = len(image["manifest"])
+        assert usage(server)[("repository", "shop/one")] == blobs + manifest
+        # The same image in a second repository of the namespace.
+        assert push_image(client, "shop/two", tag="v1", seed="m") == image
+        used = usage(server)
+        assert used[("repository", "shop/two")] == blobs + manifest
+        assert used[("namespace", "shop")] == blobs + manifest
+        # Pushed again under another tag: the manifest is there already.
+        response = push_manifest(client, "shop/two", "v2", image["manifest"])
+        assert response.status_code == 201
+        assert usage(server)[("repository", "shop/two")] == blobs + manifest
+        deleted = client.delete(f"/v2/shop/one/manifests/{image['digest']}")
+        assert deleted.status_code == 202
+        used = usage(server)
+        assert used[("repository", "shop/one")] == blobs
+        assert used[("namespace", "shop")] == blobs + manifest  # shop/two holds it
+        deleted = client.delete(f"/v2/shop/two/manifests/{image['digest']}")
+        assert deleted.status_code == 202
+        assert usage(server)[("namespace", "shop")] == blobs
+
+
+def test_a_manifest_past_the_quota_is_refused_and_not_stored(make_server):
+    config, layer = b'{"os":"linux"}', b"L" * (8 * KIB)
+    manifest = image_manifest(config, [layer])
+    blobs = len(config) + len(layer)
+    # Room for the blobs and not for the manifest that lists them.
+    quota = blobs + len(manifest) - 1
+    server = make_server({"quotas": {"repository_max_bytes": quota}})
+    repo = unique_repo("mquota")
+    with server.client() as client:
+        push_blob(client, repo, config)
+        push_blob(client, repo, layer)
+        refused = push_manifest(client, repo, "v1", manifest)
+        denied(refused, f"repository {repo} would pass its quota of {quota} bytes")
+        assert f"this needs {len(manifest)} more" in refused.text
+        assert client.get(f"/v2/{repo}/manifests/v1").status_code == 404
+        assert client.get(f"/v2/{repo}/manifests/{sha256(manifest)}").status_code == 404
+    assert usage(server)[("repository", repo)] == blobs
+
+
+def test_a_robot_counts_against_its_owners_user_quota(make_server):
+    server = make_server({"auth": {"mode": "token"},
+                          "quotas": {"user_max_bytes": 50 * KIB}})  # fmt: skip
+    add_user(server, "alice")
+    robot, secret = add_robot(server, "builder", "alice", "alice/app", "pull", "push")
+    with server.client(headers=bearer(server, ("alice", PASSWORD["alice"]),
+                                      "alice/app")) as client:  # fmt: skip
+        push_blob(client, "alice/app", b"1" * (30 * KIB))
+    with server.client(headers=bearer(server, (robot, secret), "alice/app")) as client:
+        data = b"2" * (30 * KIB)
+        refused = client.post("/v2/alice/app/blobs/uploads/",
+                              params={"digest": sha256(data)}, content=data)  # fmt: skip
+        # A robot cannot buy its owner a second quota.
+        denied(refused, "user alice would pass its quota of 51200 bytes")
+        push_blob(client, "alice/app", b"3" * (10 * KIB))
+    used = usage(server)
+    assert used[("user", "alice")] == 40 * KIB
+    assert ("user", robot) not in used

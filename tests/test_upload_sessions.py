@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.helpers import error_code, sha256, unique_repo
 from tests.test_auth_clients import PASSWORD, add_user
 from tests.test_limits import staged_files, stream
@@ -213,3 +215,81 @@ def test_session_limits_hold_across_workers(make_server):
         statuses = list(pool.map(start, range(40), timeout=120))
     assert statuses.count(202) == 4, statuses
     assert statuses.count(429) == 36, statuses
+
+
+def slowly(data: bytes, piece: int = 16 * 1024, pause: float = 0.05):
+    """A body that takes a while to arrive, so that uploads overlap."""
+    for i in range(0, len(data), piece):
+        time.sleep(pause)
+        yield data[i : i + piece]
+
+
+@pytest.mark.parametrize("with_length", [True, False], ids=["length", "streamed"])
+def test_parallel_chunks_cannot_together_pass_the_staging_cap(make_server, with_length):
+    import concurrent.futures
+
+    chunk = 128 * 1024
+    cap = 2 * chunk + chunk // 2  # room for two chunks, not three
+    server = make_server({"uploads": {"staged_max_bytes": cap}})
+    repo = unique_repo("overlap")
+
+    def upload(i: int) -> tuple[int, str]:
+        data = bytes([i]) * chunk
+        headers = {"content-length": str(chunk)} if with_length else {}
+        with server.client() as client:
+            location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+            response = client.patch(location, content=slowly(data), headers=headers)
+            return response.status_code, location
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(upload, range(8), timeout=120))
+    statuses = [status for status, _ in results]
+    assert set(statuses) <= {202, 503}, statuses
+    assert 1 <= statuses.count(202) <= 2, statuses
+    assert sum(p.stat().st_size for p in staged_files(server)) <= cap
+    # A refused chunk leaves its session open and empty, to try again.
+    with server.client() as client:
+        for status, location in results:
+            if status == 503:
+                assert client.get(location).headers["range"] == "0-0"
+
+
+def test_parallel_chunks_cannot_together_pass_the_disk_floor(tmp_path):
+    import concurrent.futures
+    import os
+
+    from tests.conftest import start_server
+
+    chunk = 2 * 1024 * 1024
+    (tmp_path / "srv").mkdir()
+    stat = os.statvfs(tmp_path)
+    free = stat.f_bavail * stat.f_frsize
+    # About three chunks above the floor, less what the server writes itself.
+    floor = free - 3 * chunk - chunk // 2
+    server = start_server(
+        tmp_path / "srv", {"storage": {"min_free_bytes": floor, "min_free_percent": 0}}
+    )
+    repo = unique_repo("floor")
+
+    def upload(i: int) -> int:
+        data = bytes([i]) * chunk
+        with server.client() as client:
+            location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+            response = client.patch(
+                location,
+                content=slowly(data, 256 * 1024),
+                headers={"content-length": str(chunk)},
+            )
+            assert response.status_code != 507 or error_code(response) == "UNAVAILABLE"
+            return response.status_code
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(upload, range(8), timeout=120))
+    finally:
+        server.stop()
+    assert set(statuses) <= {202, 507}, statuses
+    # Each chunk fits alone; together only those the headroom holds pass
+    # (a little slack for other writers on this disk meanwhile).
+    assert statuses.count(202) <= 4, statuses
+    assert 507 in statuses, statuses

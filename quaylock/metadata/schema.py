@@ -191,7 +191,51 @@ MIGRATIONS: list[str] = [
     ALTER TABLE uploads ADD COLUMN reserved_user BIGINT NOT NULL DEFAULT 0;
     CREATE INDEX uploads_repository ON uploads (repository);
     """,
+    # 7: manifests count against quotas like blobs (once per repository and
+    # namespace, and for the user who pushed them), and an upload session
+    # reserves staging space for the chunk streaming into it (`staging`).
+    # `staged` holds, per session subject and for all sessions (subject
+    # ''), the bytes that sessions hold on disk or have reserved, and the
+    # part of those still in flight; every write that changes a session
+    # keeps it (`metadata.store`). Stored manifests are counted in Python
+    # (`_count_manifests`): no string function that finds a namespace is
+    # common to SQLite and PostgreSQL.
+    """
+    ALTER TABLE manifests ADD COLUMN pushed_by TEXT;
+    ALTER TABLE uploads ADD COLUMN staging BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE staged (
+        subject TEXT PRIMARY KEY,
+        bytes BIGINT NOT NULL,
+        in_flight BIGINT NOT NULL
+    );
+    INSERT INTO staged SELECT '', coalesce(sum(size), 0), 0 FROM uploads;
+    INSERT INTO staged SELECT subject, sum(size), 0 FROM uploads GROUP BY subject
+    """,
 ]
+
+
+def _count_manifests(c) -> None:
+    """Migration 7's second half: stored manifests' bytes into `usage`."""
+    by_namespace: dict[str, dict[str, int]] = {}
+    by_repository: dict[str, int] = {}
+    for name, digest, size in c.execute(
+        "SELECT r.name, m.digest, m.size FROM manifests m "
+        "JOIN repositories r ON r.id = m.repository_id"
+    ).fetchall():
+        by_repository[name] = by_repository.get(name, 0) + size
+        by_namespace.setdefault(name.split("/", 1)[0], {})[digest] = size
+    rows = [("repository", name, n) for name, n in by_repository.items()] + [
+        ("namespace", name, sum(sizes.values())) for name, sizes in by_namespace.items()
+    ]
+    c.executemany(
+        "INSERT INTO usage VALUES (?, ?, ?) ON CONFLICT (scope, name) "
+        "DO UPDATE SET bytes = usage.bytes + excluded.bytes",
+        rows,
+    )
+
+
+# Python that runs after a step's SQL, by the version the step reaches.
+AFTER = {7: _count_manifests}
 
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from quaylock.errors import (
+    BlobUploadUnknown,
     InUse,
     ManifestBlobUnknown,
     ManifestInvalid,
@@ -108,10 +109,14 @@ class SQLiteStore:
                 row = conn.execute("SELECT version FROM schema_version").fetchone()
                 version = row[0] if row else 0
                 schema.check_version(version)
-                for step in schema.MIGRATIONS[version:]:
+                for reached, step in enumerate(schema.MIGRATIONS, 1):
+                    if reached <= version:
+                        continue
                     for statement in step.split(";"):
                         if statement.strip():
                             conn.execute(statement)
+                    if reached in schema.AFTER:
+                        schema.AFTER[reached](conn)
                 conn.execute("DELETE FROM schema_version")
                 conn.execute(
                     "INSERT INTO schema_version VALUES (?)",
@@ -278,14 +283,9 @@ class SQLiteStore:
         return None if row is None else UploadRecord(*row)
 
     def staged_bytes(self, subject: str | None = None) -> int:
-        if subject is None:
-            (total,) = self._one("SELECT coalesce(sum(size), 0) FROM uploads", ())
-        else:
-            (total,) = self._one(
-                "SELECT coalesce(sum(size), 0) FROM uploads WHERE subject = ?",
-                (subject,),
-            )
-        return total
+        """Bytes upload sessions hold on disk or have reserved: all of them,
+        or `subject`'s."""
+        return usage.staged(self._reader, subject or "")[0]
 
     def expired_uploads(self, before: float, limit: int) -> list[str]:
         return [
@@ -335,33 +335,35 @@ class SQLiteStore:
         """Delete the session if it is still idle since `before`; whether
         this call deleted it (several workers may purge at once)."""
         return await self._write(
-            lambda c: (
-                c.execute(
-                    "DELETE FROM uploads WHERE upload_id = ? AND updated_at < ?",
-                    (upload_id, before),
-                ).rowcount
-                > 0
-            ),
+            lambda c: _end_upload(c, upload_id, "AND updated_at < ?", (before,)),
             durable=False,
         )
 
     async def set_upload_size(self, upload_id: str, size: int) -> None:
+        """Settle a session after a chunk: it holds `size` committed bytes,
+        reserves as much against the quotas, and has nothing in flight (a
+        chunk that failed gives back what it reserved)."""
         now = time.time()
-        await self._write(
-            lambda c: c.execute(
-                "UPDATE uploads SET size = ?, updated_at = ? WHERE upload_id = ?",
+
+        def write(c: sqlite3.Connection) -> None:
+            row = c.execute(
+                "SELECT subject, size, staging FROM uploads WHERE upload_id = ?",
+                (upload_id,),
+            ).fetchone()
+            if row is None:
+                return
+            c.execute(
+                "UPDATE uploads SET size = ?1, staging = 0, reserved = ?1, "
+                "reserved_namespace = ?1, reserved_user = ?1, updated_at = ?2 "
+                "WHERE upload_id = ?3",
                 (size, now, upload_id),
-            ),
-            durable=False,
-        )
+            )
+            usage.session_changed(c, row[0], size - row[1] - row[2], -row[2])
+
+        await self._write(write, durable=False)
 
     async def delete_upload(self, upload_id: str) -> None:
-        await self._write(
-            lambda c: c.execute(
-                "DELETE FROM uploads WHERE upload_id = ?", (upload_id,)
-            ),
-            durable=False,
-        )
+        await self._write(lambda c: _end_upload(c, upload_id), durable=False)
 
     async def link_blob(
         self,
@@ -400,12 +402,13 @@ class SQLiteStore:
                 (digest, size, now),
             )
             if added is not None:
+                user = usage.user_of(c, subject)
                 c.execute(
                     "INSERT INTO repository_blobs (repository_id, digest, created_at, "
                     "pushed_by) VALUES (?, ?, ?, ?)",
-                    (repository_id, digest, now, subject),
+                    (repository_id, digest, now, user),
                 )
-                usage.on_link(c, repository, subject, added)
+                usage.on_link(c, repository, user, added)
             else:
                 # Pushed or mounted again: as new to garbage collection's
                 # grace period as a first push.
@@ -415,7 +418,7 @@ class SQLiteStore:
                     (now, repository_id, digest),
                 )
             if upload_id is not None:
-                c.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+                _end_upload(c, upload_id)
             return True
 
         # Not fsynced on its own: the blob file already is, and the manifest
@@ -433,14 +436,15 @@ class SQLiteStore:
 
         return await self._write(write)
 
-    async def reserve_upload(
-        self, upload_id: str, extra: int, check: Callable, digest: str | None = None
-    ) -> None:
-        """Reserve `extra` more bytes for a streaming session, after
-        `check(connection, repository, subject, bytes by scope)` (a quota)
-        agrees, in one transaction. With the blob's `digest` known ahead
-        (a PUT or POST with ?digest=), scopes that hold it already need no
-        more bytes; should the bytes not match it, the upload fails anyway."""
+    async def reserve_upload(self, upload_id: str, extra: int, check: Callable) -> None:
+        """Reserve `extra` more bytes for the chunk streaming into a session.
+        `check(connection, repository, subject, extra)` runs first in the
+        same transaction: it may refuse (a staging cap, the disk floor, a
+        quota), and returns what to reserve against the quotas by scope.
+
+        Raises:
+            BlobUploadUnknown: the session is gone (expired and purged).
+        """
 
         def write(c: sqlite3.Connection) -> None:
             row = c.execute(
@@ -448,34 +452,22 @@ class SQLiteStore:
                 (upload_id,),
             ).fetchone()
             if row is None:
-                return
-            wanted = dict.fromkeys(usage.SCOPES, extra)
-            if digest is not None:
-                # -1 for a repository with no row yet: nothing is linked there.
-                repository_id = _repository_id(c, row[0]) or -1
-                wanted = usage.new_bytes(c, repository_id, row[0], digest, extra)
-                wanted = wanted or dict.fromkeys(usage.SCOPES, 0)
-            check(c, row[0], row[1], wanted)
+                raise BlobUploadUnknown(f"upload {upload_id} is not open")
+            wanted = check(c, row[0], row[1], extra)
             # Reserve in each scope what the check approved there, no more:
             # a session must not hold bytes against a scope that needs none.
             c.execute(
-                "UPDATE uploads SET reserved = reserved + ?, "
+                "UPDATE uploads SET staging = staging + ?, reserved = reserved + ?, "
                 "reserved_namespace = reserved_namespace + ?, "
-                "reserved_user = reserved_user + ? WHERE upload_id = ?",
-                (wanted["repository"], wanted["namespace"], wanted["user"], upload_id),
-            )
+                "reserved_user = reserved_user + ?, updated_at = ? WHERE upload_id = ?",
+                (
+                    extra, wanted["repository"], wanted["namespace"],
+                    wanted["user"], time.time(), upload_id,
+                ),
+            )  # fmt: skip
+            usage.session_changed(c, row[1], extra, extra)
 
         await self._write(write, durable=False)
-
-    async def set_upload_reserved(self, upload_id: str, value: int) -> None:
-        await self._write(
-            lambda c: c.execute(
-                "UPDATE uploads SET reserved = ?1, reserved_namespace = ?1, "
-                "reserved_user = ?1 WHERE upload_id = ?2",
-                (value, upload_id),
-            ),
-            durable=False,
-        )
 
     def quota_usage(self) -> list[tuple[str, str, int]]:
         return usage.all_usage(self._reader)
@@ -487,8 +479,14 @@ class SQLiteStore:
         references: list[Reference],
         tag: str | None,
         hook: Callable[[sqlite3.Connection, str | None], None] | None = None,
+        subject: str | None = None,
+        check: Callable | None = None,
     ) -> None:
         """Store a manifest and point `tag` at it, all or nothing.
+
+        A manifest new to the repository counts against the quotas for
+        `subject`'s user (`metadata.usage`): `check(connection, repository,
+        subject, bytes by scope)` runs first and may refuse.
 
         `hook(connection, digest the tag pointed at or None)` runs inside the
         transaction before the tag moves: it may refuse (raise) and it may
@@ -524,21 +522,30 @@ class SQLiteStore:
                 if manifest.annotations
                 else None
             )
-            c.execute(
-                "INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                (
-                    repository_id,
-                    manifest.digest,
-                    manifest.media_type,
-                    manifest.artifact_type,
-                    manifest.subject,
-                    annotations,
-                    manifest.size,
-                    manifest.content,
-                    now,
-                ),
-            )
+            added = usage.new_bytes(
+                c, repository_id, repository, manifest.digest, manifest.size,
+                "manifest",
+            )  # fmt: skip
+            if added is not None:
+                if check is not None:
+                    check(c, repository, subject, added)
+                user = usage.user_of(c, subject)
+                c.execute(
+                    "INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        repository_id,
+                        manifest.digest,
+                        manifest.media_type,
+                        manifest.artifact_type,
+                        manifest.subject,
+                        annotations,
+                        manifest.size,
+                        manifest.content,
+                        now,
+                        user,
+                    ),
+                )
+                usage.on_link(c, repository, user, added)
             c.executemany(
                 "INSERT INTO manifest_references VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [
@@ -581,11 +588,7 @@ class SQLiteStore:
         def write(c: sqlite3.Connection) -> list[str]:
             repository_id = _repository_id(c, repository)
             _refuse_if_referenced(c, repository_id, digest, "manifest")
-            cursor = c.execute(
-                "DELETE FROM manifests WHERE repository_id = ? AND digest = ?",
-                (repository_id, digest),
-            )
-            if cursor.rowcount == 0:
+            if not usage.remove_manifest(c, repository_id, repository, digest):
                 raise ManifestUnknown(f"manifest {digest} is not in {repository}")
             tags = [
                 row[0]
@@ -594,11 +597,6 @@ class SQLiteStore:
                     (repository_id, digest),
                 )
             ]
-            c.execute(
-                "DELETE FROM manifest_references WHERE repository_id = ? "
-                "AND manifest_digest = ?",
-                (repository_id, digest),
-            )
             if hook is not None:
                 hook(c, tags)
             return tags
@@ -632,6 +630,22 @@ class SQLiteStore:
             return row[0]
 
         return await self._write(write)
+
+
+def _end_upload(
+    c: sqlite3.Connection, upload_id: str, condition: str = "", args: tuple = ()
+) -> bool:
+    """Delete a session (if `condition` holds) and what it staged from the
+    counts; whether it was deleted."""
+    row = c.execute(
+        f"DELETE FROM uploads WHERE upload_id = ? {condition} "
+        "RETURNING subject, size, staging",
+        (upload_id, *args),
+    ).fetchone()
+    if row is None:
+        return False
+    usage.session_changed(c, row[0], -row[1] - row[2], -row[2])
+    return True
 
 
 def _ensure_repository(c: sqlite3.Connection, name: str, now: float) -> int:

@@ -12,9 +12,6 @@ from quaylock.errors import Denied
 from quaylock.metadata import usage
 
 
-# TODO(#6): count manifest bytes too (they are stored, up to
-# limits.manifest_max_bytes each, in the metadata database), and robots
-# against their owner's user quota as well as their own.
 class QuotaGuard:
     """Args:
     config: the `quotas` section.
@@ -38,7 +35,7 @@ class QuotaGuard:
         names = {
             "repository": repository,
             "namespace": usage.namespace_of(repository),
-            "user": subject if subject and subject != "anonymous" else None,
+            "user": usage.user_of(c, subject),
         }
         for scope, name in names.items():
             extra = wanted.get(scope, 0)

@@ -149,10 +149,13 @@ class Registry:
         # A mount counts like an upload: the quotas check the bytes it adds.
         linked = await self.store.link_blob(
             repository, str(digest), size, subject=subject,
-            check=self.quotas.check if self.quotas.enabled else None,
+            check=self._quota_check(),
             require_linked=True,
         )  # fmt: skip
         return size if linked else None
+
+    def _quota_check(self):
+        return self.quotas.check if self.quotas.enabled else None
 
     async def delete_blob(self, repository: str, digest: Digest) -> None:
         self._check_deletes()
@@ -268,7 +271,7 @@ class Registry:
         await self._refused_if(
             actor, repository, tag,
             self.store.put_manifest, repository, record, parsed.references, tag, hook,
-            emitted=emitted,
+            actor.subject, self._quota_check(), emitted=emitted,
         )  # fmt: skip
         if held:
             hold_id, reason = held[0]
@@ -345,7 +348,7 @@ class Registry:
         await self._refused_if(
             actor, repository, tag,
             self.store.put_manifest, repository, manifest, self.references(manifest),
-            tag, hook, emitted=emitted,
+            tag, hook, actor.subject, self._quota_check(), emitted=emitted,
         )  # fmt: skip
         return moved[0] if moved else None
 

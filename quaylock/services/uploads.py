@@ -42,6 +42,7 @@ from quaylock.errors import (
     TooManyRequests,
     Unavailable,
 )
+from quaylock.metadata import usage
 from quaylock.metadata.store import SQLiteStore, UploadRecord
 from quaylock.oci import Digest, is_number
 from quaylock.storage.driver import BlobDriver, PathNotFound, UploadBusy
@@ -53,8 +54,7 @@ INLINE_HASH_BYTES = 64 * 1024
 _RUNNING_HASHES_MAX = 4096
 # Expired sessions purged per pass.
 _PURGE_BATCH = 100
-# Least bytes reserved against quotas at a time while a body of unknown
-# length streams in.
+# Least bytes reserved at a time while a body of unknown length streams in.
 _RESERVE_STEP = 64 * 1024
 _RETRY_SECONDS = "60"
 
@@ -129,15 +129,18 @@ class UploadService:
         floor = max(storage.min_free_bytes, total * storage.min_free_percent // 100)
         return free, free - floor
 
-    def _check_disk(self, wanted: int = 0) -> int:
-        """Bytes an upload may still write above the disk floor.
+    def _check_disk(self, wanted: int = 0, in_flight: int = 0) -> None:
+        """Refuse an upload that would take the disk to its floor, counting
+        `in_flight` bytes that other chunks have reserved but may not have
+        written yet (those they wrote are counted twice meanwhile: the
+        check errs on the side of the floor).
 
         Raises:
             InsufficientStorage: the disk is at its floor, or `wanted` bytes
                 would take it there.
         """
         free, headroom = self.disk_headroom()
-        if headroom <= wanted:
+        if headroom - in_flight <= wanted:
             error = InsufficientStorage(
                 f"the registry's disk has {free} bytes free, at or near its floor "
                 f"(storage.min_free_bytes {self.config.storage.min_free_bytes}, "
@@ -146,7 +149,6 @@ class UploadService:
             )
             error.headers["Retry-After"] = _RETRY_SECONDS
             raise error
-        return headroom
 
     async def start(self, repository: str, owner: Owner = Owner()) -> UploadRecord:
         """Open a session for `owner`.
@@ -218,48 +220,41 @@ class UploadService:
             )
         return record
 
-    # TODO(#6): reserve staged bytes and disk headroom as chunks stream, as
-    # quotas do (staged_max_bytes and the disk floor are checked at each
-    # chunk's start, so parallel streams can pass them together); garbage
-    # collection, which is also what gives back the bytes of manifests
-    # deleted without their blobs.
-    def _chunk_limit(
-        self, record: UploadRecord, declared: int | None
-    ) -> tuple[int, str]:
-        """The most bytes the next chunk of `record` may carry, and which
-        limit that is (chunk, blob, staged or disk); refuses at once what a
-        declared length already breaks.
+    def _chunk_limit(self, record: UploadRecord, limits, declared: int | None) -> int:
+        """The most bytes the next chunk of `record` may carry under the
+        chunk and blob limits; refuses at once what a declared length
+        already breaks.
 
         Raises:
             TooLarge: `declared` is over the chunk or the blob limit.
-            Unavailable: the staged bytes of all sessions are at their cap.
         """
-        limits = size_limits(self.config.limits, record.repository)
-        blob_left = limits.blob_max_bytes - record.size
-        if declared == 0:
-            # An empty closing PUT stages nothing: it must pass even at the
-            # staging cap or the disk floor, or finishing uploads (which
-            # frees staging space) would wait for space itself.
-            return 0, "chunk"
-        uploads = self.config.uploads
-        staged_left = uploads.staged_max_bytes - self.store.staged_bytes()
-        if record.subject != "anonymous":
-            staged_left = min(
-                staged_left,
-                uploads.staged_max_bytes_per_subject
-                - self.store.staged_bytes(record.subject),
-            )
-        if staged_left <= 0 or (declared is not None and declared > staged_left):
-            raise self._staging_full(record)
         if declared is not None:
             self._check_size(record, limits, record.size + declared, declared)
-        headroom = self._check_disk(declared or 0)
-        return min(
-            (limits.chunk_max_bytes, "chunk"),
-            (blob_left, "blob"),
-            (staged_left, "staged"),
-            (headroom, "disk"),
-        )
+        return min(limits.chunk_max_bytes, limits.blob_max_bytes - record.size)
+
+    def _reservation_check(self, record: UploadRecord, digest: str | None) -> Callable:
+        """What `store.reserve_upload` checks, in its transaction, before a
+        chunk may stage more bytes: the staging caps, the disk floor and the
+        quotas. Returns the bytes to reserve against the quotas, by scope."""
+        uploads = self.config.uploads
+        nothing = dict.fromkeys(usage.SCOPES, 0)
+
+        def check(c, repository: str, subject: str, extra: int) -> dict[str, int]:
+            total, in_flight = usage.staged(c)
+            if total + extra > uploads.staged_max_bytes or (
+                subject != "anonymous"
+                and usage.staged(c, subject)[0] + extra
+                > uploads.staged_max_bytes_per_subject
+            ):
+                raise self._staging_full(record)
+            self._check_disk(extra, in_flight)
+            if self.quotas is None:
+                return nothing
+            wanted = usage.wanted(c, repository, digest, extra)
+            self.quotas.check(c, repository, subject, wanted)
+            return wanted
+
+        return check
 
     def _staging_full(self, record: UploadRecord) -> Unavailable:
         uploads = self.config.uploads
@@ -295,12 +290,17 @@ class UploadService:
         declared: int | None,
         digest: Digest | None = None,
     ) -> int:
-        """Stage one chunk under the limits. A chunk that passes one ends
-        the session (its staged bytes are deleted) and answers for that
-        limit: 413 for a chunk or blob size, 503 for the staging cap, 507
-        for the disk floor."""
+        """Stage one chunk under the limits.
+
+        A chunk over the chunk or blob limit (413), or over a quota (403),
+        ends the session and its staged bytes are deleted. A chunk refused
+        for the staging caps (503) or the disk floor (507) is discarded but
+        the session stays, so the client can send it again after
+        Retry-After.
+        """
+        limits = size_limits(self.config.limits, record.repository)
         try:
-            limit, source = self._chunk_limit(record, declared)
+            limit = self._chunk_limit(record, limits, declared)
         except TooLarge:
             await self._discard(record)
             raise
@@ -313,12 +313,9 @@ class UploadService:
             raise
         except TooLarge:
             await self._discard(record)
-            if source in ("chunk", "blob"):
-                limits = size_limits(self.config.limits, record.repository)
-                self._check_size(record, limits, record.size + limit + 1, limit + 1)
-            if source == "disk":
-                self._check_disk(limit + 1)
-            raise self._staging_full(record) from None
+            # The body ran past `limit`: name the limit it passed.
+            self._check_size(record, limits, record.size + limit + 1, limit + 1)
+            raise
 
     async def _reserving(
         self,
@@ -327,31 +324,24 @@ class UploadService:
         declared: int | None,
         digest: Digest | None,
     ) -> AsyncIterator[bytes]:
-        """Pass `chunks` on, reserving their bytes against the quotas first:
-        the declared length at once, or growing steps as a body without one
-        streams in."""
-        if self.quotas is None:
-            async for chunk in chunks:
-                yield chunk
-            return
-        known = str(digest) if digest is not None else None
+        """Pass `chunks` on, reserving their bytes first (staging space, disk
+        headroom and quotas, in one transaction): the declared length at
+        once, or growing steps as a body without one streams in. Reserved
+        bytes that do not arrive go back when the chunk settles."""
+        check = self._reservation_check(record, str(digest) if digest else None)
         reserved = 0
         if declared:
-            await self.store.reserve_upload(
-                record.upload_id, declared, self.quotas.check, known
-            )
+            await self.store.reserve_upload(record.upload_id, declared, check)
             reserved = declared
         received = 0
         async for chunk in chunks:
             received += len(chunk)
             if received > reserved:
                 # Steps grow with the upload (a sixteenth of it, at least
-                # _RESERVE_STEP): a few dozen writes per GiB, and never much
-                # more held than has arrived.
+                # _RESERVE_STEP): a few hundred writes per GiB, and never
+                # much more held than has arrived.
                 step = max(_RESERVE_STEP, received // 16, received - reserved)
-                await self.store.reserve_upload(
-                    record.upload_id, step, self.quotas.check, known
-                )
+                await self.store.reserve_upload(record.upload_id, step, check)
                 reserved += step
             yield chunk
 
@@ -381,8 +371,6 @@ class UploadService:
                     f"but {size - record.size} arrived; the chunk was discarded"
                 )
             await self.store.set_upload_size(record.upload_id, size)
-            if self.quotas is not None:
-                await self.store.set_upload_reserved(record.upload_id, size)
             return size
 
     async def finish(
@@ -536,8 +524,8 @@ class UploadService:
 
     async def _undo(self, record: UploadRecord) -> None:
         self._forget(record.upload_id)
-        if self.quotas is not None:
-            await self.store.set_upload_reserved(record.upload_id, record.size)
+        # Back to the committed size, giving back what the chunk reserved.
+        await self.store.set_upload_size(record.upload_id, record.size)
         try:
             await self.driver.truncate_upload(record.upload_id, record.size)
         except PathNotFound:
