@@ -169,6 +169,23 @@ class GCConfig:
     # Collect every this many seconds from the server itself; 0: only when
     # `quaylock gc` runs.
     interval_seconds: int = 0
+    # Retention rules (`RetentionRule`), applied by each collection before
+    # it looks for unreferenced manifests.
+    retention: list = field(default_factory=list)
+
+
+@dataclass
+class RetentionRule:
+    """Keep the newest `keep` tags matching `tags` (a regular expression,
+    matched against the whole tag) in each repository matching
+    `repositories`; collection deletes the older ones, by when each was
+    last pushed or moved. A tag that the tag rules make immutable or
+    protected is never deleted, nor one that moved since collection listed
+    it."""
+
+    repositories: list = field(default_factory=list)
+    tags: str = ""
+    keep: int = 10
 
 
 @dataclass
@@ -400,6 +417,9 @@ def _check(config: Config) -> None:
     config.quotas.overrides = [
         _quota_override(i, raw) for i, raw in enumerate(config.quotas.overrides)
     ]
+    config.gc.retention = [
+        _retention_rule(i, raw) for i, raw in enumerate(config.gc.retention)
+    ]
     if config.gc.grace_seconds < config.uploads.idle_seconds:
         raise ConfigError(
             "gc.grace_seconds: expected at least uploads.idle_seconds "
@@ -472,17 +492,34 @@ def _quota_override(i: int, raw) -> dict:
         raise ConfigError(
             f"{where}: expected max_bytes and one of {', '.join(QUOTA_SCOPES)}"
         )
-    patterns = raw[kinds[0]]
+    _check_patterns(raw[kinds[0]], f"{where}.{kinds[0]}")
+    value = raw["max_bytes"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where}.max_bytes: expected a whole number >= 0")
+    return dict(raw)
+
+
+def _check_patterns(patterns, where: str) -> None:
+    """Raises:
+    ConfigError: `patterns` is not a non-empty list of printable text."""
     if (
         not isinstance(patterns, list)
         or not patterns
         or not all(isinstance(p, str) and p.isprintable() for p in patterns)
     ):
-        raise ConfigError(f"{where}.{kinds[0]}: expected a non-empty list of patterns")
-    value = raw["max_bytes"]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{where}.max_bytes: expected a whole number >= 0")
-    return dict(raw)
+        raise ConfigError(f"{where}: expected a non-empty list of patterns")
+
+
+def _retention_rule(i: int, raw) -> RetentionRule:
+    where = f"gc.retention[{i}]"
+    rule = _entry(RetentionRule, raw, where)
+    _check_patterns(rule.repositories, f"{where}.repositories")
+    if not isinstance(rule.tags, str) or not rule.tags:
+        raise ConfigError(f"{where}.tags: expected a regular expression")
+    _check_tag_pattern(rule.tags, f"{where}.tags")
+    if not isinstance(rule.keep, int) or isinstance(rule.keep, bool) or rule.keep < 1:
+        raise ConfigError(f"{where}.keep: expected a whole number >= 1")
+    return rule
 
 
 def _limit_override(i: int, raw) -> dict:
@@ -495,15 +532,7 @@ def _limit_override(i: int, raw) -> dict:
             f"{where}: unknown key {unknown[0]!r}; use repositories and any of "
             f"{', '.join(SIZE_LIMITS)}"
         )
-    patterns = raw.get("repositories")
-    if (
-        not isinstance(patterns, list)
-        or not patterns
-        or not all(isinstance(p, str) and p.isprintable() for p in patterns)
-    ):
-        raise ConfigError(
-            f"{where}.repositories: expected a non-empty list of patterns"
-        )
+    _check_patterns(raw.get("repositories"), f"{where}.repositories")
     for name in SIZE_LIMITS:
         value = raw.get(name)
         if name in raw and (
@@ -555,19 +584,34 @@ def tag_rule(raw, where: str) -> TagRule:
         raise ConfigError(f"{where}.repositories: expected at least one pattern")
     for key in ("allow", "immutable", "protected"):
         for pattern in getattr(rule, key):
-            try:
-                compiled = re.compile(pattern)
-            except (re.error, OverflowError, RecursionError) as exc:
-                raise ConfigError(
-                    f"{where}.{key}: {pattern!r} is not a regular expression: {exc}"
-                ) from None
-            if (problem := _backtracking_risk(compiled)) is not None:
-                raise ConfigError(f"{where}.{key}: {pattern!r} {problem}")
+            _check_tag_pattern(pattern, f"{where}.{key}")
     if rule.lookalike not in LOOKALIKE_MODES:
         raise ConfigError(
             f"{where}.lookalike: expected one of {', '.join(LOOKALIKE_MODES)}, got {rule.lookalike!r}"
         )
     return rule
+
+
+def _check_tag_pattern(pattern: str, where: str) -> None:
+    """Refuse a tag pattern that is no regular expression, or that could
+    backtrack badly.
+
+    Raises:
+        ConfigError: naming `where`.
+    """
+    if not pattern.isprintable() or len(pattern) > _PATTERN_MAX_CHARS:
+        raise ConfigError(
+            f"{where}: {pattern[:40]!r} must be printable text of at most "
+            f"{_PATTERN_MAX_CHARS} characters"
+        )
+    try:
+        compiled = re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise ConfigError(
+            f"{where}: {pattern!r} is not a regular expression: {exc}"
+        ) from None
+    if (problem := _backtracking_risk(compiled)) is not None:
+        raise ConfigError(f"{where}: {pattern!r} {problem}")
 
 
 # Tag rule patterns: length, and repeats of variable length they may hold.

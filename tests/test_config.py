@@ -52,6 +52,26 @@ def test_ipv6_listen():
         ("log:\n  level: verbose\n", "log.level"),
         ("server:\n  workers: 0\n", "server.workers"),
         ("tls:\n  cert: /x.pem\n", "tls"),
+        (
+            "gc:\n  retention: [{repositories: [a], tags: 'v.*', keep: 0}]\n",
+            r"gc.retention\[0\].keep: expected a whole number >= 1",
+        ),
+        (
+            "gc:\n  retention: [{repositories: [a], tags: '(', keep: 1}]\n",
+            r"gc.retention\[0\].tags: '\(' is not a regular expression",
+        ),
+        (
+            "gc:\n  retention: [{repositories: [a], tags: '(a+)+', keep: 1}]\n",
+            r"gc.retention\[0\].tags: .* nests a repeat",
+        ),
+        (
+            "gc:\n  retention: [{repositories: [], tags: 'v.*'}]\n",
+            r"gc.retention\[0\].repositories: expected a non-empty list",
+        ),
+        (
+            "gc:\n  retention: [{repositories: [a], tags: 'v.*', kept: 3}]\n",
+            r"gc.retention\[0\].kept",
+        ),
     ],
 )
 def test_values_outside_their_choices_are_refused(tmp_path, text, message):

@@ -42,16 +42,22 @@ def blob_file(server, digest: str):
     return server.data / "blobs" / "sha256" / hex_[:2] / hex_
 
 
+def query(server, sql: str) -> list[tuple]:
+    """Read the server's metadata database directly."""
+    db = sqlite3.connect(server.data / "metadata.db")
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
 def referenced_blobs_intact(server) -> int:
     """Every blob a manifest references exists, with the bytes its digest
     names; returns how many were checked."""
-    db = sqlite3.connect(server.data / "metadata.db")
-    try:
-        rows = db.execute(
-            "SELECT DISTINCT child_digest FROM manifest_references WHERE kind = 'blob'"
-        ).fetchall()
-    finally:
-        db.close()
+    rows = query(
+        server,
+        "SELECT DISTINCT child_digest FROM manifest_references WHERE kind = 'blob'",
+    )
     for (digest,) in rows:
         data = blob_file(server, digest).read_bytes()
         assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
@@ -224,3 +230,40 @@ def test_gc_refuses_a_grace_shorter_than_an_upload_session(make_server):
     )  # fmt: skip
     assert result.returncode == 2
     assert "below uploads.idle_seconds (60)" in result.stderr
+
+
+def test_retention_keeps_the_newest_tags_and_never_a_protected_one(make_server):
+    repo = unique_repo("keep")
+    server = make_server({
+        **SETTINGS,
+        "tags": {"rules": [{"repositories": ["**"], "protected": ["latest"],
+                            "immutable": ["v1"]}]},
+        "gc": {"grace_seconds": 1, "retention": [
+            {"repositories": [repo], "tags": r"v[0-9]+|latest|nightly-.*", "keep": 2},
+        ]},
+    })  # fmt: skip
+    with server.client() as client:
+        images = {}
+        # Oldest first: v1 (immutable), latest (protected), v2, dev, v3, v4.
+        for tag in ("v1", "latest", "v2", "dev", "v3", "v4"):
+            images[tag] = push_image(client, repo, tag=tag, seed=tag)
+            time.sleep(0.02)  # distinct push times
+    time.sleep(1.5)
+
+    planned = gc(server, "--dry-run")
+    assert (planned["tags_deleted"], planned["tags_kept_by_tag_rules"]) == (1, 2)
+    done = gc(server)
+    # v4 and v3 are the newest two; v2 goes; v1 and latest stay by the tag
+    # rules; dev matches no retention pattern.
+    assert (done["tags_deleted"], done["tags_kept_by_tag_rules"]) == (1, 2)
+    assert done["manifests_deleted"] == 1
+    with server.client() as client:
+        tags = client.get(f"/v2/{repo}/tags/list").json()["tags"]
+        assert sorted(tags) == ["dev", "latest", "v1", "v3", "v4"]
+        assert client_sees(server, repo, images["v2"]["digest"]) == 404
+        assert client_sees(server, repo, images["v3"]["digest"]) == 200
+    assert referenced_blobs_intact(server) > 0
+    logged = query(
+        server, "SELECT subject, tag, detail FROM audit_log WHERE action = 'tag.delete'"
+    )
+    assert logged == [("gc", "v2", "gc.retention[0] keeps newer tags")]

@@ -96,6 +96,7 @@ def _gc(args) -> int:
 
     from quaylock.metadata.store import open_store
     from quaylock.services.gc import Collector
+    from quaylock.services.tags import TagGuard
     from quaylock.storage.drivers.filesystem import FilesystemDriver
 
     apply_flags(args)
@@ -128,8 +129,9 @@ def _gc(args) -> int:
     store = open_store(config.metadata_url)
     try:
         collector = Collector(
-            store, FilesystemDriver(str(config.storage_root)), grace, _progress_bar()
-        )
+            store, FilesystemDriver(str(config.storage_root)), grace, _progress_bar(),
+            config.gc.retention, TagGuard(config.tags, store),
+        )  # fmt: skip
         report = asyncio.run(collector.run(dry_run=args.dry_run))
         with open(stamp, "w"):
             pass  # when the last collection ended, for --interval

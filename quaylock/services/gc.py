@@ -1,7 +1,12 @@
 """Garbage collection that is safe while the registry serves traffic.
 
-Three sweeps, each deleting one thing per transaction and re-checking, in
-that transaction, why it may go:
+First, retention rules (`gc.retention`) delete the tags that each rule
+does not keep, one per transaction, through the tag rules: a tag that they
+make immutable or protected stays, and so does one that moved since it was
+listed. Each deletion is in the audit log, as the subject ``gc``.
+
+Then three sweeps, each deleting one thing per transaction and re-checking,
+in that transaction, why it may go:
 
 1. untagged manifests that no other manifest of the repository lists and
    that refer to no manifest still there (signatures and SBOMs of a live
@@ -24,16 +29,25 @@ each sweep frees what the one before it was holding.
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from quaylock.metadata import usage
+from quaylock.config import RetentionRule
+from quaylock.errors import Denied
+from quaylock.metadata import audit, usage
+from quaylock.policy.access import matches
+from quaylock.services.tags import Actor
 from quaylock.storage.drivers.filesystem import KEPT
 
 
 @dataclass
 class Report:
+    tags: int = 0
+    # Tags a retention rule would delete that the tag rules keep.
+    tags_kept: int = 0
     manifests: int = 0
     links: int = 0
     blobs: int = 0
@@ -44,6 +58,8 @@ class Report:
     def as_json(self) -> dict:
         return {
             "dry_run": self.dry_run,
+            "tags_deleted": self.tags,
+            "tags_kept_by_tag_rules": self.tags_kept,
             "manifests_deleted": self.manifests,
             "blob_links_deleted": self.links,
             "blobs_deleted": self.blobs,
@@ -71,14 +87,30 @@ _UNREFERENCED_LINK = """
 """
 
 
-# TODO(#6): retention rules (keep the newest N tags matching a pattern),
-# through the tag rules, so that protected and immutable tags never go.
+@dataclass(frozen=True, slots=True)
+class _Expired:
+    """A tag that a retention rule does not keep."""
+
+    repository_id: int
+    repository: str
+    name: str
+    digest: str
+    moved_at: float
+    rule: int  # its index in gc.retention
+
+
+# Who deletes tags for retention rules, in tag rule checks and the audit log.
+GC_ACTOR = Actor(subject="gc", tag_admin=False)
+
+
 class Collector:
     """Args:
     store: the metadata store.
     driver: the filesystem blob driver.
     grace_seconds: what is younger than this stays.
     progress: called with (sweep, done, total) as work goes on.
+    retention: `gc.retention` rules.
+    tags: the tag rules (services.tags.TagGuard); needed with `retention`.
     """
 
     def __init__(
@@ -87,19 +119,95 @@ class Collector:
         driver,
         grace_seconds: int,
         progress: Callable[[str, int, int], None] | None = None,
+        retention: list[RetentionRule] = (),
+        tags=None,
     ):
         self.store = store
         self.driver = driver
         self.grace_seconds = grace_seconds
         self.progress = progress or (lambda sweep, done, total: None)
+        self.retention = retention
+        self.tags = tags
 
     async def run(self, dry_run: bool = False) -> Report:
         report = Report(dry_run=dry_run)
+        if self.retention:
+            await self._retention(report)
         before = time.time() - self.grace_seconds
         await self._manifests(before, report)
         await self._links(before, report)
         await self._blobs(before, report)
         return report
+
+    def _expired_tags(self) -> list[_Expired]:
+        """The tags that retention rules do not keep."""
+        found = []
+        repositories = self.store.read_all("SELECT id, name FROM repositories")
+        for i, rule in enumerate(self.retention):
+            pattern = re.compile(rule.tags)
+            for repository_id, name in repositories:
+                if not any(matches(p, name) for p in rule.repositories):
+                    continue
+                tags = [
+                    row
+                    for row in self.store.read_all(
+                        "SELECT name, digest, updated_at FROM tags "
+                        "WHERE repository_id = ? ORDER BY updated_at DESC, name DESC",
+                        (repository_id,),
+                    )
+                    if pattern.fullmatch(row[0])
+                ]
+                found += [
+                    _Expired(repository_id, name, tag, digest, moved, i)
+                    for tag, digest, moved in tags[rule.keep :]
+                ]
+        return found
+
+    async def _retention(self, report: Report) -> None:
+        expired = self._expired_tags()
+        for done, tag in enumerate(expired, 1):
+            delete = functools.partial(
+                self._delete_tag, tag=tag, dry_run=report.dry_run
+            )
+            try:
+                if report.dry_run:
+                    deleted = self.store.read(delete)
+                else:
+                    deleted = await self.store.write(delete)
+            except Denied:
+                report.tags_kept += 1
+            else:
+                report.tags += deleted
+            self.progress("tags", done, len(expired))
+
+    def _delete_tag(self, c, tag: _Expired, dry_run: bool) -> bool:
+        """Delete an expired tag, in one transaction; whether it went (or
+        would go, in a dry run).
+
+        Raises:
+            Denied: the tag rules keep it (immutable or protected).
+        """
+        still = c.execute(
+            "SELECT 1 FROM tags WHERE repository_id = ? AND name = ? "
+            "AND digest = ? AND updated_at = ?",
+            (tag.repository_id, tag.name, tag.digest, tag.moved_at),
+        ).fetchone()
+        if still is None:
+            return False  # moved or deleted since it was listed
+        self.tags.check_move(
+            self.store, c, tag.repository, tag.name, tag.digest, None, GC_ACTOR
+        )
+        if not dry_run:
+            c.execute(
+                "DELETE FROM tags WHERE repository_id = ? AND name = ?",
+                (tag.repository_id, tag.name),
+            )
+            audit.append(c, audit.AuditEvent(
+                "tag.delete", GC_ACTOR.subject, repository=tag.repository,
+                tag=tag.name, old_digest=tag.digest,
+                detail=f"gc.retention[{tag.rule}] keeps newer tags",
+            ))  # fmt: skip
+        return True
 
     async def _manifests(self, before: float, report: Report) -> None:
         # Deleting an index can free its children: repeat until none goes.
@@ -179,21 +287,13 @@ class Collector:
 
 def _delete_manifest(c, repository_id: int, digest: str, before: float) -> bool:
     still = c.execute(
-        "SELECT 1 FROM manifests m WHERE m.repository_id = ? AND m.digest = ? AND "
-        + _UNREFERENCED_MANIFEST,
+        "SELECT r.name FROM manifests m JOIN repositories r ON r.id = m.repository_id "
+        "WHERE m.repository_id = ? AND m.digest = ? AND " + _UNREFERENCED_MANIFEST,
         (repository_id, digest, before),
     ).fetchone()
-    if still is None:
-        return False
-    c.execute(
-        "DELETE FROM manifests WHERE repository_id = ? AND digest = ?",
-        (repository_id, digest),
+    return still is not None and usage.remove_manifest(
+        c, repository_id, still[0], digest
     )
-    c.execute(
-        "DELETE FROM manifest_references WHERE repository_id = ? AND manifest_digest = ?",
-        (repository_id, digest),
-    )
-    return True
 
 
 def _delete_link(c, repository_id: int, digest: str, before: float) -> bool:
