@@ -37,7 +37,7 @@ async def metrics(registry: Registry, request: Request) -> Response:
                 int(headroom <= 0),
             ),
             "quaylock_uploads_staged_bytes": (
-                "Bytes staged by open upload sessions.",
+                "Bytes staged or reserved by open upload sessions.",
                 registry.store.staged_bytes(),
             ),
         }
