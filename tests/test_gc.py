@@ -252,6 +252,7 @@ def test_retention_keeps_the_newest_tags_and_never_a_protected_one(make_server):
 
     planned = gc(server, "--dry-run")
     assert (planned["tags_deleted"], planned["tags_kept_by_tag_rules"]) == (1, 2)
+    assert planned["tags_to_delete"] == [f"{repo}:v2"]
     done = gc(server)
     # v4 and v3 are the newest two; v2 goes; v1 and latest stay by the tag
     # rules; dev matches no retention pattern.

@@ -30,7 +30,8 @@ SETTINGS = {
         "manifest_max_layers": 3,
         "index_max_children": 2,
         "overrides": [{"repositories": ["big/**"], "blob_max_bytes": 256 * 1024,
-                       "chunk_max_bytes": 256 * 1024}],
+                       "chunk_max_bytes": 256 * 1024},
+                      {"repositories": ["tiny/**"], "manifest_max_bytes": 300}],
     },
     # Quotas on, so that uploads reserve bytes: a refusal must give them back.
     "quotas": {"namespace_max_bytes": 64 * 1024 * 1024},
@@ -200,3 +201,19 @@ def test_a_mount_cannot_bring_a_blob_over_the_targets_limit(limited):
             assert response.status_code == 202, response.text
             assert client.delete(response.headers["location"]).status_code == 204
         assert client.head(f"/v2/small/target/blobs/{digest}").status_code == 404
+
+
+@pytest.mark.parametrize("with_length", [True, False], ids=["length", "streamed"])
+def test_a_manifest_over_its_limit_names_the_setting(limited, with_length):
+    repo = unique_repo("tiny/lim")
+    manifest = image_manifest(b"{}", [], annotations={"pad": "x" * 400})
+    with limited.client() as client:
+        refused = client.put(
+            f"/v2/{repo}/manifests/v1",
+            content=manifest if with_length else stream(manifest, 100),
+            headers={"content-type": OCI_MANIFEST},
+        )
+        refused_413(refused, "the limit")
+        assert "300 bytes (limits.overrides[1].manifest_max_bytes)" in refused.text
+        assert refused.json()["errors"][0]["detail"]["limit"] == 300
+        assert client.get(f"/v2/{repo}/manifests/v1").status_code == 404

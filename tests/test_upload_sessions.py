@@ -293,3 +293,19 @@ def test_parallel_chunks_cannot_together_pass_the_disk_floor(tmp_path):
     # (a little slack for other writers on this disk meanwhile).
     assert statuses.count(202) <= 4, statuses
     assert 507 in statuses, statuses
+
+
+def test_a_blob_larger_than_the_staging_cap_is_refused_for_good(make_server):
+    server = make_server({"uploads": {"staged_max_bytes": 100 * 1024}})
+    repo = unique_repo("huge")
+    with server.client() as client:
+        location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        assert client.patch(location, content=b"a" * (60 * 1024)).status_code == 202
+        # Waiting cannot help this one: it would hold 120 KiB by itself.
+        refused = client.patch(location, content=b"b" * (60 * 1024))
+        assert refused.status_code == 413, refused.text
+        assert error_code(refused) == "SIZE_INVALID"
+        assert "past uploads.staged_max_bytes (102400 bytes)" in refused.text
+        assert "retry-after" not in refused.headers
+        assert client.get(location).status_code == 404  # the session is gone
+    assert staged_files(server) == []

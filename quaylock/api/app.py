@@ -473,7 +473,12 @@ class App:
         return len(response.body)
 
     def _log(self, scope, route, request, status, started, bytes_out) -> None:
-        level = logging.ERROR if status >= 500 else logging.INFO
+        # 503 and 507 with Retry-After are refusals by design (staging
+        # space, the disk floor): worth a warning, not an alert.
+        if status in (503, 507):
+            level = logging.WARNING
+        else:
+            level = logging.ERROR if status >= 500 else logging.INFO
         params = request.params
         log.event(
             log.access,

@@ -99,12 +99,15 @@ class Request:
             return None
         return value.split(";", 1)[0].strip().lower()
 
-    async def body_chunks(self, limit: int | None = None) -> AsyncIterator[bytes]:
+    async def body_chunks(
+        self, limit: int | None = None, setting: str = ""
+    ) -> AsyncIterator[bytes]:
         """Yield the request body as it arrives.
 
         Args:
             limit: the most bytes allowed; the stream stops with TooLarge as
                 soon as it is passed (before the bytes past it are used).
+            setting: the configuration key of `limit`, for the message.
 
         Raises:
             TooLarge: the body is longer than `limit`.
@@ -113,9 +116,10 @@ class Request:
                 Content-Length.
         """
         declared = self.content_length()
+        named = f" ({setting})" if setting else ""
         if limit is not None and declared is not None and declared > limit:
             raise TooLarge(
-                f"request body is {declared} bytes; the limit is {limit} bytes",
+                f"request body is {declared} bytes; the limit is {limit} bytes{named}",
                 detail={"limit": limit, "size": declared},
             )
         received = 0
@@ -130,8 +134,8 @@ class Request:
                 self.bytes_in = received
                 if limit is not None and received > limit:
                     raise TooLarge(
-                        f"request body passed the limit of {limit} bytes",
-                        detail={"limit": limit},
+                        f"request body passed the limit of {limit} bytes{named}",
+                        detail={"limit": limit, "size": received},
                     )
                 yield chunk
             if not message.get("more_body", False):
@@ -170,9 +174,9 @@ class Request:
             pass
         self.body_done = True
 
-    async def body(self, limit: int) -> bytes:
+    async def body(self, limit: int, setting: str = "") -> bytes:
         """Read the whole body, at most `limit` bytes (see `body_chunks`)."""
-        parts = [chunk async for chunk in self.body_chunks(limit)]
+        parts = [chunk async for chunk in self.body_chunks(limit, setting)]
         return b"".join(parts)
 
 

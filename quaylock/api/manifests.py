@@ -35,8 +35,10 @@ async def get_manifest(registry: Registry, request: Request) -> Response:
 
 async def put_manifest(registry: Registry, request: Request) -> Response:
     name = request.params["name"]
-    limit = size_limits(registry.config.limits, name).manifest_max_bytes
-    content = await request.body(limit)
+    limits = size_limits(registry.config.limits, name)
+    content = await request.body(
+        limits.manifest_max_bytes, limits.sources["manifest_max_bytes"]
+    )
     manifest = await registry.put_manifest(
         name,
         request.params["reference"],

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from quaylock import config as config_mod
+from quaylock.cli import add_store_options
 from quaylock.errors import RegistryError
 from quaylock.metadata.store import open_store
 from quaylock.policy.accounts import ACTOR, Accounts
@@ -25,10 +26,9 @@ from quaylock.policy.tokens import KeyRing
 def add_parsers(commands) -> None:
     for name in ("user", "robot", "token"):
         parser = commands.add_parser(name, help=f"manage {name}s")
-        parser.add_argument("--config", help="YAML configuration file")
-        parser.add_argument("--data", help="data folder (default ./data)")
         actions = parser.add_subparsers(dest="verb", required=True)
         globals()[f"_add_{name}_actions"](actions)
+        add_store_options(parser, actions)
 
 
 def _add_user_actions(actions) -> None:

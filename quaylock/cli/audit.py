@@ -9,6 +9,7 @@ import os
 import sys
 
 from quaylock import config as config_mod
+from quaylock.cli import add_store_options
 from quaylock.errors import RegistryError
 from quaylock.metadata import audit
 from quaylock.metadata.store import open_store
@@ -16,12 +17,11 @@ from quaylock.metadata.store import open_store
 
 def add_parsers(commands) -> None:
     audit_parser = commands.add_parser("audit", help="check the audit log")
-    _common(audit_parser)
     verbs = audit_parser.add_subparsers(dest="verb", required=True)
     verbs.add_parser("verify", help="check the hash chain of the whole log")
+    add_store_options(audit_parser, verbs)
 
     tag = commands.add_parser("tag", help="tag history and rollback")
-    _common(tag)
     verbs = tag.add_subparsers(dest="verb", required=True)
     history = verbs.add_parser("history", help="where a tag pointed, and who moved it")
     history.add_argument("reference", help="REPOSITORY:TAG")
@@ -54,11 +54,7 @@ def add_parsers(commands) -> None:
             default=None,
             help="name for the audit log (default: your login name)",
         )
-
-
-def _common(parser) -> None:
-    parser.add_argument("--config", help="YAML configuration file")
-    parser.add_argument("--data", help="data folder (default ./data)")
+    add_store_options(tag, verbs)
 
 
 def _split(reference: str) -> tuple[str, str]:

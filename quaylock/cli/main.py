@@ -10,6 +10,7 @@ import time
 
 from quaylock import __version__
 from quaylock import config as config_mod
+from quaylock.cli import add_store_options, missing_data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve the registry")
-    serve.add_argument("--config", help="YAML configuration file")
+    add_store_options(serve)
     serve.add_argument(
         "--listen", help="HOST:PORT to listen on (default 127.0.0.1:5000)"
     )
-    serve.add_argument("--data", help="data folder (default ./data)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
 
     from quaylock.cli import accounts, audit
@@ -36,13 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     quota = commands.add_parser(
         "quota", help="stored bytes against quota, per repository, namespace and user"
     )
-    quota.add_argument("--config", help="YAML configuration file")
-    quota.add_argument("--data", help="data folder (default ./data)")
+    add_store_options(quota)
     gc = commands.add_parser(
         "gc", help="delete unreferenced manifests and blobs, safely while serving"
     )
-    gc.add_argument("--config", help="YAML configuration file")
-    gc.add_argument("--data", help="data folder (default ./data)")
+    add_store_options(gc)
     gc.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     gc.add_argument(
         "--grace-seconds", type=int,
@@ -73,12 +71,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quota(args) -> int:
-    """One JSON line per repository, namespace and user that stores bytes."""
+    """One JSON line per repository, namespace and user that stores, or has
+    stored, bytes."""
     from quaylock.metadata.store import open_store
     from quaylock.services.quotas import QuotaGuard
 
     apply_flags(args)
     config = config_mod.load(os.environ.get("QUAYLOCK_CONFIG_FILE") or None)
+    if missing_data(config.data):
+        return 2
     store = open_store(config.metadata_url)
     try:
         for row in QuotaGuard(config.quotas).usage_report(store):
@@ -111,6 +112,8 @@ def _gc(args) -> int:
             "open upload is about to use",
             file=sys.stderr,
         )
+        return 2
+    if missing_data(config.data):
         return 2
     # One collection at a time, whether from cron, a person or the server.
     lock = open(os.path.join(config.data, "gc.lock"), "a")  # noqa: SIM115
@@ -146,7 +149,7 @@ def _gc(args) -> int:
 def _progress_bar():
     def show(sweep: str, done: int, total: int) -> None:
         width = 30
-        filled = width * done // max(total, 1)
+        filled = width * done // total if total else width
         end = "\n" if done == total and not sys.stderr.isatty() else ""
         if sys.stderr.isatty() or done == total:
             print(

@@ -53,6 +53,18 @@ class ManifestRecord:
         return len(self.content)
 
 
+@dataclass(frozen=True, slots=True)
+class ReservingSession:
+    """An upload session as `reserve_upload` reads it for its check."""
+
+    repository: str
+    subject: str
+    # Bytes it holds on disk or has reserved for a chunk in flight.
+    staged: int
+    # What it has reserved against the quotas, by scope.
+    reserved: dict[str, int]
+
+
 @dataclass(slots=True)
 class UploadRecord:
     upload_id: str
@@ -438,9 +450,10 @@ class SQLiteStore:
 
     async def reserve_upload(self, upload_id: str, extra: int, check: Callable) -> None:
         """Reserve `extra` more bytes for the chunk streaming into a session.
-        `check(connection, repository, subject, extra)` runs first in the
-        same transaction: it may refuse (a staging cap, the disk floor, a
-        quota), and returns what to reserve against the quotas by scope.
+        `check(connection, session, extra)` runs first in the same
+        transaction, with the session as a `ReservingSession`: it may refuse
+        (a staging cap, the disk floor, a quota), and returns what to
+        reserve against the quotas by scope.
 
         Raises:
             BlobUploadUnknown: the session is gone (expired and purged).
@@ -448,12 +461,16 @@ class SQLiteStore:
 
         def write(c: sqlite3.Connection) -> None:
             row = c.execute(
-                "SELECT repository, subject FROM uploads WHERE upload_id = ?",
+                "SELECT repository, subject, size + staging, reserved, "
+                "reserved_namespace, reserved_user FROM uploads WHERE upload_id = ?",
                 (upload_id,),
             ).fetchone()
             if row is None:
                 raise BlobUploadUnknown(f"upload {upload_id} is not open")
-            wanted = check(c, row[0], row[1], extra)
+            session = ReservingSession(
+                row[0], row[1], row[2], dict(zip(usage.SCOPES, row[3:], strict=True))
+            )
+            wanted = check(c, session, extra)
             # Reserve in each scope what the check approved there, no more:
             # a session must not hold bytes against a scope that needs none.
             c.execute(

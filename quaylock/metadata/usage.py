@@ -174,7 +174,7 @@ def on_unlink(
 
 def all_usage(c: sqlite3.Connection) -> list[tuple[str, str, int]]:
     return c.execute(
-        "SELECT scope, name, bytes FROM usage WHERE bytes != 0 ORDER BY scope, name"
+        "SELECT scope, name, bytes FROM usage ORDER BY scope, name"
     ).fetchall()
 
 

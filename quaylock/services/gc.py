@@ -48,6 +48,8 @@ class Report:
     tags: int = 0
     # Tags a retention rule would delete that the tag rules keep.
     tags_kept: int = 0
+    # In a dry run, which tags would go (REPOSITORY:TAG), the first 1000.
+    tag_names: list[str] = field(default_factory=list)
     manifests: int = 0
     links: int = 0
     blobs: int = 0
@@ -56,6 +58,7 @@ class Report:
     kept_blobs: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict:
+        named = {"tags_to_delete": self.tag_names} if self.dry_run else {}
         return {
             "dry_run": self.dry_run,
             "tags_deleted": self.tags,
@@ -64,7 +67,7 @@ class Report:
             "blob_links_deleted": self.links,
             "blobs_deleted": self.blobs,
             "bytes_freed": self.bytes_freed,
-        }
+        } | named
 
 
 _UNREFERENCED_MANIFEST = """
@@ -178,6 +181,8 @@ class Collector:
                 report.tags_kept += 1
             else:
                 report.tags += deleted
+                if deleted and report.dry_run and len(report.tag_names) < 1000:
+                    report.tag_names.append(f"{tag.repository}:{tag.name}")
             self.progress("tags", done, len(expired))
 
     def _delete_tag(self, c, tag: _Expired, dry_run: bool) -> bool:
@@ -211,7 +216,7 @@ class Collector:
 
     async def _manifests(self, before: float, report: Report) -> None:
         # Deleting an index can free its children: repeat until none goes.
-        for _ in range(100):
+        for round_ in range(100):
             found = self.store.read_all(
                 "SELECT m.repository_id, m.digest FROM manifests m WHERE "
                 + _UNREFERENCED_MANIFEST,
@@ -219,7 +224,8 @@ class Collector:
             )
             if not found or report.dry_run:
                 report.manifests += len(found)
-                self.progress("manifests", len(found), len(found))
+                if found or round_ == 0:
+                    self.progress("manifests", len(found), len(found))
                 return
             for done, (repository_id, digest) in enumerate(found, 1):
                 if await self.store.write(
@@ -240,6 +246,8 @@ class Collector:
             report.links = len(found)
             self.progress("blob links", len(found), len(found))
             return
+        if not found:
+            self.progress("blob links", 0, 0)
         for done, (repository_id, digest) in enumerate(found, 1):
             if await self.store.write(
                 lambda c, r=repository_id, d=digest: _delete_link(c, r, d, before)
@@ -258,31 +266,41 @@ class Collector:
             report.bytes_freed = sum(size for _, size in found)
             self.progress("blobs", len(found), len(found))
             return
+        if not found:
+            self.progress("blobs", 0, 0)
         for done, (digest, size) in enumerate(found, 1):
-            if await self.store.write(lambda c, d=digest: _delete_blob_row(c, d)):
-                aside = self.driver.quarantine_blob(digest, before)
-                relinked = self.store.read_one(
-                    "SELECT 1 FROM repository_blobs WHERE digest = ?", (digest,)
-                )
-                if aside is None:
-                    continue  # no file: nothing more to free
-                if aside != KEPT and relinked is None:
-                    self.driver.purge_blob(aside)
-                    report.blobs += 1
-                    report.bytes_freed += size
-                    continue
-                if aside != KEPT:
-                    self.driver.restore_blob(digest, aside)
-                # The file stays, so its row comes back: a file with no row
-                # would never be collected again.
-                await self.store.write(
-                    lambda c, d=digest, n=size: c.execute(
-                        "INSERT INTO blobs VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                        (d, n, time.time()),
-                    )
-                )
-                report.kept_blobs.append(digest)
-            self.progress("blobs", done, len(found))
+            try:
+                await self._delete_blob(digest, size, before, report)
+            finally:
+                self.progress("blobs", done, len(found))
+
+    async def _delete_blob(
+        self, digest: str, size: int, before: float, report: Report
+    ) -> None:
+        if not await self.store.write(lambda c: _delete_blob_row(c, digest)):
+            return  # linked again, or gone already
+        aside = self.driver.quarantine_blob(digest, before)
+        relinked = self.store.read_one(
+            "SELECT 1 FROM repository_blobs WHERE digest = ?", (digest,)
+        )
+        if aside is None:
+            return  # no file: nothing more to free
+        if aside != KEPT and relinked is None:
+            self.driver.purge_blob(aside)
+            report.blobs += 1
+            report.bytes_freed += size
+            return
+        if aside != KEPT:
+            self.driver.restore_blob(digest, aside)
+        # The file stays, so its row comes back: a file with no row would
+        # never be collected again.
+        await self.store.write(
+            lambda c: c.execute(
+                "INSERT INTO blobs VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (digest, size, time.time()),
+            )
+        )
+        report.kept_blobs.append(digest)
 
 
 def _delete_manifest(c, repository_id: int, digest: str, before: float) -> bool:

@@ -26,10 +26,20 @@ class QuotaGuard:
             or config.overrides
         )
 
-    def check(self, c, repository: str, subject: str | None, wanted: dict) -> None:
-        """Raises:
-        Denied: `wanted` more bytes (by scope) would pass a quota; the
-            message names the quota, its size and its current use."""
+    def check(
+        self,
+        c,
+        repository: str,
+        subject: str | None,
+        wanted: dict,
+        own: dict | None = None,
+    ) -> None:
+        """`own`: what the upload asking has reserved already, by scope (it
+        counts like everyone's, but the message tells it apart).
+
+        Raises:
+            Denied: `wanted` more bytes (by scope) would pass a quota; the
+                message names the quota, its size and its current use."""
         if not self.enabled:
             return
         names = {
@@ -47,10 +57,13 @@ class QuotaGuard:
             stored = usage.used(c, scope, name)
             pending = usage.reserved(c, scope, name)
             if stored + pending + extra > quota:
+                mine = (own or {}).get(scope, 0)
+                holds = f" (it holds {mine} already)" if mine else ""
                 raise Denied(
                     f"{scope} {name} would pass its quota of {quota} bytes "
-                    f"({source}): it stores {stored} bytes, uploads in progress "
-                    f"reserve {pending}, and this needs {extra} more",
+                    f"({source}): it stores {stored} bytes, other uploads in "
+                    f"progress reserve {pending - mine}, and this one needs "
+                    f"{extra} more{holds}",
                     detail={"quota": quota, "stored": stored, "reserved": pending},
                 )
 

@@ -43,7 +43,7 @@ from quaylock.errors import (
     Unavailable,
 )
 from quaylock.metadata import usage
-from quaylock.metadata.store import SQLiteStore, UploadRecord
+from quaylock.metadata.store import ReservingSession, SQLiteStore, UploadRecord
 from quaylock.oci import Digest, is_number
 from quaylock.storage.driver import BlobDriver, PathNotFound, UploadBusy
 
@@ -178,9 +178,13 @@ class UploadService:
                     error = TooManyRequests(
                         f"{who} has {count} open upload sessions; the limit is "
                         f"{limit} (uploads.{setting}): finish or cancel some, or "
-                        f"wait {limits.idle_seconds} s for idle ones to expire"
+                        f"wait up to {limits.idle_seconds} s for idle ones to expire"
                     )
-                    error.headers["Retry-After"] = _RETRY_SECONDS
+                    # The sooner of a minute and the idle time: one may
+                    # have expired by then.
+                    error.headers["Retry-After"] = str(
+                        min(int(_RETRY_SECONDS), limits.idle_seconds)
+                    )
                     raise error
 
         try:
@@ -239,19 +243,34 @@ class UploadService:
         uploads = self.config.uploads
         nothing = dict.fromkeys(usage.SCOPES, 0)
 
-        def check(c, repository: str, subject: str, extra: int) -> dict[str, int]:
+        def check(c, session: ReservingSession, extra: int) -> dict[str, int]:
             total, in_flight = usage.staged(c)
-            if total + extra > uploads.staged_max_bytes or (
-                subject != "anonymous"
-                and usage.staged(c, subject)[0] + extra
-                > uploads.staged_max_bytes_per_subject
-            ):
-                raise self._staging_full(record)
+            caps = [(uploads.staged_max_bytes, "staged_max_bytes", total)]
+            if session.subject != "anonymous":
+                caps.append((
+                    uploads.staged_max_bytes_per_subject,
+                    "staged_max_bytes_per_subject",
+                    usage.staged(c, session.subject)[0],
+                ))  # fmt: skip
+            for cap, setting, staged in caps:
+                if session.staged + extra > cap:
+                    # This upload alone would pass the cap: waiting for
+                    # others to finish cannot help.
+                    raise _StagingTooLarge(
+                        f"the upload would hold {session.staged + extra} bytes in "
+                        f"staging, past uploads.{setting} ({cap} bytes): a blob "
+                        "this large cannot be uploaded here",
+                        detail={"limit": cap, "size": session.staged + extra},
+                    )
+                if staged + extra > cap:
+                    raise self._staging_full(record)
             self._check_disk(extra, in_flight)
             if self.quotas is None:
                 return nothing
-            wanted = usage.wanted(c, repository, digest, extra)
-            self.quotas.check(c, repository, subject, wanted)
+            wanted = usage.wanted(c, session.repository, digest, extra)
+            self.quotas.check(
+                c, session.repository, session.subject, wanted, session.reserved
+            )
             return wanted
 
         return check
@@ -292,8 +311,9 @@ class UploadService:
     ) -> int:
         """Stage one chunk under the limits.
 
-        A chunk over the chunk or blob limit (413), or over a quota (403),
-        ends the session and its staged bytes are deleted. A chunk refused
+        A chunk over the chunk or blob limit (413), that would take the
+        session alone past a staging cap (413), or over a quota (403), ends
+        the session and its staged bytes are deleted. A chunk refused
         for the staging caps (503) or the disk floor (507) is discarded but
         the session stays, so the client can send it again after
         Retry-After.
@@ -308,7 +328,7 @@ class UploadService:
             return await self._stage(
                 record, self._reserving(record, body(limit), declared, digest)
             )
-        except Denied:
+        except (Denied, _StagingTooLarge):
             await self._discard(record)
             raise
         except TooLarge:
@@ -573,6 +593,10 @@ class UploadService:
     def _trim_hashes(self) -> None:
         while len(self._hashes) > _RUNNING_HASHES_MAX:
             self._hashes.popitem(last=False)
+
+
+class _StagingTooLarge(TooLarge):
+    """One upload would pass a staging cap on its own."""
 
 
 def _busy(upload_id: str) -> BlobUploadInvalid:
