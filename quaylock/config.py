@@ -211,6 +211,13 @@ class ServerConfig:
     shutdown_grace_seconds: int = 30
     # Seconds a client may take to send its request headers.
     header_read_timeout_seconds: int = 30
+    # Seconds a request body may go without a byte, and the least average
+    # rate (bytes a second, 0: none) it must keep once that long has
+    # passed. A stalled upload would otherwise hold its reservations (of
+    # staging space, disk headroom and quota) for as long as its
+    # connection stays open.
+    body_timeout_seconds: int = 60
+    body_min_bytes_per_second: int = 1024
 
 
 @dataclass
@@ -426,6 +433,10 @@ def _check(config: Config) -> None:
             f"({config.uploads.idle_seconds}), or collection could take a blob "
             "that an open upload session is about to use"
         )
+    if config.server.body_timeout_seconds < 1:
+        raise ConfigError("server.body_timeout_seconds: expected at least 1")
+    if config.server.body_min_bytes_per_second < 0:
+        raise ConfigError("server.body_min_bytes_per_second: expected 0 or more")
     if config.uploads.idle_seconds < 1 or config.uploads.purge_interval_seconds < 1:
         raise ConfigError(
             "uploads.idle_seconds and uploads.purge_interval_seconds: expected at least 1"

@@ -157,5 +157,9 @@ class Unavailable(RegistryError):
     pass
 
 
+class RequestTimeout(RegistryError):
+    """A request body stalled, or arrived slower than the server allows."""
+
+
 class InsufficientStorage(RegistryError):
     """Free disk space is below `storage.min_free_*`: uploads wait."""

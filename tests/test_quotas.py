@@ -257,3 +257,47 @@ def test_a_robot_counts_against_its_owners_user_quota(make_server):
     used = usage(server)
     assert used[("user", "alice")] == 40 * KIB
     assert ("user", robot) not in used
+
+
+def test_a_held_blob_deleted_while_its_upload_streams_is_charged_at_the_end(
+    make_server,
+):
+    # The upload claims a digest the repository holds, so it reserves
+    # nothing; the blob is deleted and the room filled while it streams.
+    # Finishing must not add the blob past the quota.
+    quota = 1000 * KIB
+    server = make_server({"quotas": {"repository_max_bytes": quota}})
+    repo = unique_repo("held")
+    held = b"A" * (600 * KIB)
+    digest = sha256(held)
+    half_sent, room_filled = threading.Event(), threading.Event()
+    result = {}
+
+    def body():
+        yield held[: len(held) // 2]
+        half_sent.set()
+        room_filled.wait(30)
+        yield held[len(held) // 2 :]
+
+    def upload():
+        with server.client() as slow:
+            location = slow.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+            result["response"] = slow.put(
+                location, params={"digest": digest}, content=body(),
+                headers={"content-length": str(len(held))},
+            )  # fmt: skip
+
+    with server.client() as client:
+        assert push_blob(client, repo, held) == digest
+        thread = threading.Thread(target=upload)
+        thread.start()
+        assert half_sent.wait(30)
+        time.sleep(0.3)  # the first half reaches the server
+        assert client.delete(f"/v2/{repo}/blobs/{digest}").status_code == 202
+        push_blob(client, repo, b"B" * (900 * KIB))
+        room_filled.set()
+        thread.join(60)
+        denied(result["response"], f"repository {repo} would pass its quota")
+        assert client.head(f"/v2/{repo}/blobs/{digest}").status_code == 404
+    assert usage(server)[("repository", repo)] == 900 * KIB <= quota
+    assert staged_files(server) == []

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.helpers import error_code, sha256, unique_repo
+from tests.helpers import OCI_MANIFEST, error_code, image_manifest, sha256, unique_repo
 from tests.test_auth_clients import PASSWORD, add_user
 from tests.test_limits import staged_files, stream
 
@@ -152,6 +152,13 @@ def test_below_the_disk_floor_uploads_wait_and_pulls_go_on(tmp_path):
                 content=b"x",
             )
             assert monolithic.status_code == 507
+            # Manifests go to the database, on the same disk: they wait too.
+            manifest = client.put(
+                f"/v2/{repo}/manifests/v1",
+                content=image_manifest(data, []),
+                headers={"content-type": OCI_MANIFEST},
+            )
+            assert manifest.status_code == 507, manifest.text
             assert client.get(f"/v2/{repo}/blobs/{sha256(data)}").content == data
             metrics = client.get("/metrics").text
             assert "quaylock_disk_floor_reached 1" in metrics
@@ -309,3 +316,72 @@ def test_a_blob_larger_than_the_staging_cap_is_refused_for_good(make_server):
         assert "retry-after" not in refused.headers
         assert client.get(location).status_code == 404  # the session is gone
     assert staged_files(server) == []
+
+
+def raw_request(server, head: str, body: bytes, pause: float, more: bytes = b""):
+    """Send `head` and `body`, wait `pause` seconds, send `more`; return the
+    status line and when it came (seconds after the first bytes)."""
+    import socket
+
+    host, port = server.host.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        started = time.monotonic()
+        sock.sendall(head.encode() + body)
+        for byte in more:
+            time.sleep(pause)
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break  # the server gave up on us: what we want to see
+        answer = sock.recv(65536).decode(errors="replace")
+        return answer.split("\r\n", 1)[0], time.monotonic() - started, answer
+
+
+@pytest.mark.parametrize("how", ["stalled", "trickled"])
+def test_a_stalled_or_trickled_body_gives_its_reservation_back(make_server, how):
+    server = make_server({
+        "server": {"body_timeout_seconds": 2, "body_min_bytes_per_second": 1024},
+        "uploads": {"staged_max_bytes": 1000 * 1024},
+    })  # fmt: skip
+    repo = unique_repo("stall")
+    with server.client() as client:
+        location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+    declared = 900 * 1024
+    head = (
+        f"PATCH {location} HTTP/1.1\r\nHost: {server.host}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n"
+    )
+    # Stalled: ten bytes, then nothing. Trickled: a byte every 0.3 s, far
+    # below 1 KiB a second.
+    more = b"" if how == "stalled" else b"t" * 30
+    status, took, answer = raw_request(server, head, b"0123456789", 0.3, more)
+    assert status == "HTTP/1.1 408 Request Timeout", answer
+    assert "REQUEST_TIMEOUT" in answer
+    assert "server.body_" in answer
+    assert 1.5 < took < 15
+    with server.client() as client:
+        # The 900 KiB it reserved are free again for someone else.
+        other = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        data = b"o" * (800 * 1024)
+        done = client.put(other, params={"digest": sha256(data)}, content=data)
+        assert done.status_code == 201, done.text
+        # Its session stays, empty, for the client to try again.
+        assert client.get(location).headers["range"] == "0-0"
+
+
+def test_the_purge_pages_past_sessions_that_are_busy(tmp_path):
+    import asyncio
+
+    from quaylock.metadata.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/m.db")
+    try:
+        for i in range(5):
+            asyncio.run(store.create_upload(f"u{i}", "r", "anonymous", "c"))
+        later = time.time() + 1
+        pages = [store.expired_uploads(later, 2)]
+        while len(pages[-1]) == 2:
+            pages.append(store.expired_uploads(later, 2, pages[-1][-1]))
+        assert pages == [["u0", "u1"], ["u2", "u3"], ["u4"]]
+    finally:
+        store.close()

@@ -8,6 +8,7 @@ handler, turn any RegistryError into the spec's error body (one place:
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import os
@@ -25,6 +26,7 @@ from quaylock.api.errors import error_body, internal_error_body
 from quaylock.api.http import ClientDisconnected, Request, Response
 from quaylock.errors import (
     BlobUploadUnknown,
+    InsufficientStorage,
     MethodNotAllowed,
     NotFound,
     RegistryError,
@@ -259,6 +261,14 @@ class App:
             auth.accounts.on_event = registry._emit
         self._purger: asyncio.Task | None = None
         self._collector: asyncio.Task | None = None
+        config = registry.config
+        # A stalled body must end before its upload session could expire
+        # under it (uploads.idle_seconds): the session would count as idle
+        # for the session limits while it is still in use.
+        self._body_timeout = float(
+            min(config.server.body_timeout_seconds, config.uploads.idle_seconds)
+        )
+        self._body_min_rate = config.server.body_min_bytes_per_second
 
     async def _collect_garbage(self) -> None:
         """Run `quaylock gc` every `gc.interval_seconds`, as a process of its
@@ -330,6 +340,8 @@ class App:
         started = time.perf_counter()
         route, status = None, 500
         request = Request(scope, receive, {})
+        request.body_timeout = self._body_timeout
+        request.body_min_rate = self._body_min_rate
         bytes_out = 0
         sent_start = False
 
@@ -393,40 +405,58 @@ class App:
             status = response.status
             bytes_out = await self._send(scope, tracked_send, response)
         except RegistryError as exc:
-            await request.drain(DRAIN_MAX_BYTES, DRAIN_TIMEOUT_SECONDS)
-            if isinstance(exc, MethodNotAllowed) and route is not None:
-                # RFC 9110 §15.5.6: a 405 names the methods that are allowed.
-                exc.headers["allow"] = ", ".join(self._allowed(route))
-            if isinstance(exc, Unauthorized) and "www-authenticate" not in exc.headers:
-                # RFC 9110 §11.6.1: every 401 carries a challenge.
-                exc.headers["www-authenticate"] = (
-                    self.auth._challenge(
-                        _host(scope, request), scope.get("scheme", "http"), None
-                    ).headers["www-authenticate"]
-                    if self.auth is not None
-                    else 'Basic realm="quaylock"'
-                )
-            status, body = error_body(exc)
-            headers = [
-                JSON_ERROR,
-                *((k.encode(), v.encode()) for k, v in exc.headers.items()),
-            ]
-            bytes_out = await self._send(
-                scope, send, Response(status, headers, body=body)
-            )
+            status, bytes_out = await self._refuse(scope, send, request, route, exc)
         except ClientDisconnected:
             status = 499
-        except Exception:
-            log.logger.exception(
-                "unhandled error", extra={"fields": {"route": _template(route)}}
-            )
-            if not sent_start:
-                status = 500
-                await self._send(
-                    scope, send, Response(500, [JSON_ERROR], body=internal_error_body())
+        except Exception as exc:
+            if (
+                isinstance(exc, OSError)
+                and exc.errno == errno.ENOSPC
+                and not sent_start
+            ):
+                # The disk filled under a write (the floor makes it rare);
+                # the failed step cleaned up after itself: say why.
+                status, bytes_out = await self._refuse(
+                    scope, send, request, route, _disk_full()
                 )
+            else:
+                log.logger.exception(
+                    "unhandled error", extra={"fields": {"route": _template(route)}}
+                )
+                if not sent_start:
+                    status = 500
+                    await self._send(
+                        scope, send,
+                        Response(500, [JSON_ERROR], body=internal_error_body()),
+                    )  # fmt: skip
         if self.log_requests:
             self._log(scope, route, request, status, started, bytes_out)
+
+    async def _refuse(
+        self, scope, send, request: Request, route: Route | None, exc: RegistryError
+    ) -> tuple[int, int]:
+        """Answer with `exc`'s error body; return the status and bytes sent."""
+        await request.drain(DRAIN_MAX_BYTES, DRAIN_TIMEOUT_SECONDS)
+        if isinstance(exc, MethodNotAllowed) and route is not None:
+            # RFC 9110 §15.5.6: a 405 names the methods that are allowed.
+            exc.headers["allow"] = ", ".join(self._allowed(route))
+        if isinstance(exc, Unauthorized) and "www-authenticate" not in exc.headers:
+            # RFC 9110 §11.6.1: every 401 carries a challenge.
+            exc.headers["www-authenticate"] = (
+                self.auth._challenge(
+                    _host(scope, request), scope.get("scheme", "http"), None
+                ).headers["www-authenticate"]
+                if self.auth is not None
+                else 'Basic realm="quaylock"'
+            )
+        status, body = error_body(exc)
+        headers = [
+            JSON_ERROR,
+            *((k.encode(), v.encode()) for k, v in exc.headers.items()),
+        ]
+        return status, await self._send(
+            scope, send, Response(status, headers, body=body)
+        )
 
     def _allowed(self, route: Route) -> list[str]:
         methods = list(route.handlers)
@@ -514,6 +544,14 @@ def _host(scope, request: Request) -> str:
 _HOST_RE = re.compile(
     r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
 )
+
+
+def _disk_full() -> InsufficientStorage:
+    error = InsufficientStorage(
+        "the registry's disk is full; uploads resume when space is freed, pulls go on"
+    )
+    error.headers["Retry-After"] = "60"
+    return error
 
 
 def _template(route: Route | None) -> str | None:

@@ -41,6 +41,7 @@ ERROR_TABLE: dict[type[e.RegistryError], tuple[int, str]] = {
     e.NotFound: (404, "NOT_FOUND"),
     e.Unavailable: (503, "UNAVAILABLE"),
     e.InsufficientStorage: (507, "UNAVAILABLE"),
+    e.RequestTimeout: (408, "REQUEST_TIMEOUT"),
 }
 
 # Codes the distribution-spec defines; a test checks the table covers them.

@@ -9,11 +9,12 @@ path runs tens of thousands of times a second and every layer costs.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from quaylock.errors import BlobUploadInvalid, SizeInvalid, TooLarge
+from quaylock.errors import BlobUploadInvalid, RequestTimeout, SizeInvalid, TooLarge
 from quaylock.oci import is_number
 from quaylock.services.tags import Actor
 
@@ -36,6 +37,8 @@ class Request:
         "subject",
         "may_pull",
         "rights",
+        "body_timeout",
+        "body_min_rate",
     )
 
     def __init__(self, scope: dict, receive, params: dict[str, str]):
@@ -52,6 +55,10 @@ class Request:
         self.may_pull = None
         # The subject's actions on this request's repository (None: auth off).
         self.rights: frozenset[str] | None = None
+        # Seconds the body may stall (None: forever), and the least average
+        # bytes a second once that long has passed (0: no floor).
+        self.body_timeout: float | None = None
+        self.body_min_rate = 0
 
     @property
     def method(self) -> str:
@@ -123,8 +130,9 @@ class Request:
                 detail={"limit": limit, "size": declared},
             )
         received = 0
+        started = time.monotonic()
         while True:
-            message = await self.receive()
+            message = await self._next_part(started, received)
             if message["type"] == "http.disconnect":
                 self.body_done = True
                 raise ClientDisconnected()
@@ -173,6 +181,43 @@ class Request:
         except TimeoutError:
             pass
         self.body_done = True
+
+    async def _next_part(self, started: float, received: int) -> dict:
+        """The next ASGI body message, within the body's time limits.
+
+        Raises:
+            RequestTimeout: no byte came for `body_timeout` seconds, or the
+                average rate fell below `body_min_rate` after that long.
+        """
+        if self.body_timeout is None:
+            return await self.receive()
+        elapsed = time.monotonic() - started
+        if (
+            self.body_min_rate
+            and elapsed > self.body_timeout
+            and received < self.body_min_rate * elapsed
+        ):
+            raise self._timed_out(
+                f"the body arrived at {received / elapsed:.0f} bytes a second; "
+                f"the least is {self.body_min_rate} "
+                "(server.body_min_bytes_per_second)"
+            )
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await self.receive()
+        except TimeoutError:
+            raise self._timed_out(
+                f"no body bytes came for {self.body_timeout:g} s "
+                "(server.body_timeout_seconds)"
+            ) from None
+
+    def _timed_out(self, why: str) -> RequestTimeout:
+        # The rest of the body may still be on its way: close the connection
+        # rather than read it.
+        self.body_done = True
+        error = RequestTimeout(f"{why}; what arrived of this request was discarded")
+        error.headers["connection"] = "close"
+        return error
 
     async def body(self, limit: int, setting: str = "") -> bytes:
         """Read the whole body, at most `limit` bytes (see `body_chunks`)."""

@@ -299,12 +299,18 @@ class SQLiteStore:
         or `subject`'s."""
         return usage.staged(self._reader, subject or "")[0]
 
-    def expired_uploads(self, before: float, limit: int) -> list[str]:
+    def in_flight_bytes(self) -> int:
+        """Bytes reserved for chunks streaming in now, not all written yet."""
+        return usage.staged(self._reader)[1]
+
+    def expired_uploads(self, before: float, limit: int, after: str = "") -> list[str]:
+        """Sessions idle since `before`, by id, from past `after` on."""
         return [
             upload_id
             for (upload_id,) in self._reader.execute(
-                "SELECT upload_id FROM uploads WHERE updated_at < ? LIMIT ?",
-                (before, limit),
+                "SELECT upload_id FROM uploads WHERE updated_at < ? AND upload_id > ? "
+                "ORDER BY upload_id LIMIT ?",
+                (before, after, limit),
             )
         ]
 
@@ -391,7 +397,8 @@ class SQLiteStore:
         its bytes for the repository, its namespace and `subject`
         (`metadata.usage`). `check(connection, repository, subject, bytes
         by scope)` runs first and may refuse (a quota). With `upload_id`,
-        the finished session goes, and its reservation with it. With
+        the finished session goes, and its reservation with it; `check`
+        then sees only what that reservation did not cover. With
         `require_linked` (a mount), only a blob that some repository still
         links is linked, so garbage collection never loses one to a mount;
         returns whether it was."""
@@ -408,7 +415,10 @@ class SQLiteStore:
             repository_id = _ensure_repository(c, repository, now)
             added = usage.new_bytes(c, repository_id, repository, digest, size)
             if check is not None and added is not None:
-                check(c, repository, subject, added)
+                own = _reserved_by(c, upload_id) if upload_id is not None else {}
+                beyond = {s: max(0, added[s] - own.get(s, 0)) for s in usage.SCOPES}
+                if any(beyond.values()):
+                    check(c, repository, subject, beyond, own)
             c.execute(
                 "INSERT INTO blobs VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (digest, size, now),
@@ -647,6 +657,16 @@ class SQLiteStore:
             return row[0]
 
         return await self._write(write)
+
+
+def _reserved_by(c: sqlite3.Connection, upload_id: str) -> dict[str, int]:
+    """What a session has reserved against the quotas, by scope."""
+    row = c.execute(
+        "SELECT reserved, reserved_namespace, reserved_user FROM uploads "
+        "WHERE upload_id = ?",
+        (upload_id,),
+    ).fetchone()
+    return dict(zip(usage.SCOPES, row, strict=True)) if row else {}
 
 
 def _end_upload(

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
-from quaylock.errors import Unavailable
+from quaylock.errors import InsufficientStorage, Unavailable
 
 # Writes applied in one transaction at the most.
 MAX_GROUP = 64
@@ -105,16 +105,35 @@ def _apply(conn: sqlite3.Connection, functions: list) -> list[tuple[bool, object
             try:
                 outcomes.append((True, fn(conn)))
             except Exception as exc:
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back itself (a
+                    # full disk does): the group fails as one.
+                    raise
                 conn.execute("ROLLBACK TO write")
                 outcomes.append((False, exc))
             conn.execute("RELEASE write")
         conn.execute("COMMIT")
-    except sqlite3.Error as exc:
+    except Exception as exc:  # noqa: BLE001 - answered to every caller
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        error = Unavailable(f"metadata store could not commit: {exc}")
-        return [(False, error)] * len(functions)
+        return [(False, _failed(exc))] * len(functions)
     return outcomes
+
+
+def _failed(exc: Exception) -> Exception:
+    """What callers of a group that could not commit are told."""
+    if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == (
+        sqlite3.SQLITE_FULL
+    ):
+        error = InsufficientStorage(
+            "the metadata database's disk is full; writes resume when space "
+            "is freed, pulls go on"
+        )
+        error.headers["Retry-After"] = "60"
+        return error
+    if isinstance(exc, sqlite3.Error):
+        return Unavailable(f"metadata store could not commit: {exc}")
+    return exc
 
 
 def _settle(future: asyncio.Future, outcome: tuple[bool, object]) -> None:

@@ -194,8 +194,12 @@ class Registry:
             ManifestInvalid: see `parse_manifest`.
             DigestInvalid: `reference` is a digest the content does not have.
             ManifestBlobUnknown: a blob or child manifest is not here.
+            InsufficientStorage: the disk is at its free-space floor.
         """
         limits = self.check_manifest_size(len(content), repository)
+        # Manifests go to the metadata database, on the same disk: below the
+        # floor they wait like uploads, or they could fill it to the last byte.
+        self.uploads.check_space(len(content))
         tag = None
         if oci.is_digest(reference):
             expected = Digest.parse(reference)

@@ -52,8 +52,9 @@ BATCH_BYTES = 1024 * 1024
 # a thread hop costs more.
 INLINE_HASH_BYTES = 64 * 1024
 _RUNNING_HASHES_MAX = 4096
-# Expired sessions purged per pass.
+# Expired sessions looked at per page, and pages per purge pass.
 _PURGE_BATCH = 100
+_PURGE_PAGES = 50
 # Least bytes reserved at a time while a body of unknown length streams in.
 _RESERVE_STEP = 64 * 1024
 _RETRY_SECONDS = "60"
@@ -128,6 +129,15 @@ class UploadService:
         total = stat.f_blocks * stat.f_frsize
         floor = max(storage.min_free_bytes, total * storage.min_free_percent // 100)
         return free, free - floor
+
+    def check_space(self, wanted: int) -> None:
+        """Refuse a write of `wanted` bytes (a manifest) that would take the
+        disk to its floor, counting what uploads have reserved.
+
+        Raises:
+            InsufficientStorage: as `_check_disk`.
+        """
+        self._check_disk(wanted, self.store.in_flight_bytes())
 
     def _check_disk(self, wanted: int = 0, in_flight: int = 0) -> None:
         """Refuse an upload that would take the disk to its floor, counting
@@ -435,14 +445,36 @@ class UploadService:
                 await self._undo(record)
                 raise
             await self.driver.commit_upload(record.upload_id, str(digest))
-            # The session's reservation covered these bytes; linking turns
-            # it into stored bytes (deduplicated) in one transaction.
-            await self.store.link_blob(
-                record.repository, str(digest), size, upload_id=record.upload_id,
-                subject=record.subject if record.subject != "anonymous" else None,
-            )  # fmt: skip
+            # Linking turns the session's reservation into stored bytes
+            # (deduplicated) in one transaction, and checks the quotas again
+            # for what the reservation did not cover: a blob the repository
+            # held when the upload began may have been deleted since.
+            try:
+                await self.store.link_blob(
+                    record.repository, str(digest), size, upload_id=record.upload_id,
+                    subject=record.subject if record.subject != "anonymous" else None,
+                    check=self.quotas.check if self.quotas is not None else None,
+                )  # fmt: skip
+            except BaseException:
+                await self._unlinked(record, str(digest), size)
+                raise
             self._forget(record.upload_id)
             return size
+
+    async def _unlinked(self, record: UploadRecord, digest: str, size: int) -> None:
+        """After a stored blob could not be linked: end the session, and
+        record the blob so that garbage collection takes its file (a file
+        with no row would never be collected)."""
+        self._forget(record.upload_id)
+        with contextlib.suppress(Exception):
+            await self.store.delete_upload(record.upload_id)
+            await self.store.write(
+                lambda c: c.execute(
+                    "INSERT INTO blobs VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    (digest, size, time.time()),
+                ),
+                durable=False,
+            )
 
     async def cancel(self, record: UploadRecord) -> None:
         async with self._hold(record.upload_id):
@@ -474,19 +506,25 @@ class UploadService:
         """Delete sessions idle past `uploads.idle_seconds`, and their
         staged bytes; return how many this call removed."""
         before = time.time() - self.config.uploads.idle_seconds
-        removed = 0
-        for upload_id in self.store.expired_uploads(before, _PURGE_BATCH):
-            # A session a request is streaming into is in use, however long
-            # since its last chunk committed: leave it.
-            try:
-                async with self._hold(upload_id):
-                    if await self.store.delete_expired_upload(upload_id, before):
-                        with contextlib.suppress(PathNotFound):
-                            await self.driver.abort_upload(upload_id)
-                        self._forget(upload_id)
-                        removed += 1
-            except (BlobUploadInvalid, BlobUploadUnknown):
-                continue  # busy in another request, or gone already
+        removed, after = 0, ""
+        for _ in range(_PURGE_PAGES):
+            page = self.store.expired_uploads(before, _PURGE_BATCH, after)
+            for upload_id in page:
+                # A session a request is streaming into is in use, however
+                # long since its last chunk committed: leave it, and go on
+                # past it (the next page starts after the last id seen).
+                try:
+                    async with self._hold(upload_id):
+                        if await self.store.delete_expired_upload(upload_id, before):
+                            with contextlib.suppress(PathNotFound):
+                                await self.driver.abort_upload(upload_id)
+                            self._forget(upload_id)
+                            removed += 1
+                except (BlobUploadInvalid, BlobUploadUnknown):
+                    continue  # busy in another request, or gone already
+            if len(page) < _PURGE_BATCH:
+                break
+            after = page[-1]
         if removed:
             log.event(log.logger, 20, "expired upload sessions purged", count=removed)
         return removed
