@@ -268,3 +268,28 @@ def test_retention_keeps_the_newest_tags_and_never_a_protected_one(make_server):
         server, "SELECT subject, tag, detail FROM audit_log WHERE action = 'tag.delete'"
     )
     assert logged == [("gc", "v2", "gc.retention[0] keeps newer tags")]
+
+
+def test_a_stray_blob_file_with_no_row_is_collected(make_server):
+    # What an upload leaves when its blob was stored but could not be linked
+    # (a crash, or a full disk, between the two): a file the database does
+    # not know. Collection must still find it.
+    server = make_server(SETTINGS)
+    repo = unique_repo("stray")
+    with server.client() as client:
+        kept = push_image(client, repo, tag="v1", seed="stray")
+    data = b"stored, never linked"
+    digest = sha256(data)
+    path = blob_file(server, digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    time.sleep(1.5)
+    assert gc(server, "--dry-run")["stray_files_deleted"] == 1
+    assert path.exists()
+    done = gc(server)
+    assert done["stray_files_deleted"] == 1
+    assert not path.exists()
+    with server.client() as client:
+        layer = kept["layers"][0]
+        assert client.get(f"/v2/{repo}/blobs/{sha256(layer)}").content == layer
+    assert referenced_blobs_intact(server) >= 3

@@ -385,3 +385,110 @@ def test_the_purge_pages_past_sessions_that_are_busy(tmp_path):
         assert pages == [["u0", "u1"], ["u2", "u3"], ["u4"]]
     finally:
         store.close()
+
+
+def test_an_expired_session_whose_file_is_gone_is_purged(make_server):
+    # A session whose staged file was stored as a blob that could not be
+    # linked keeps only its row; the purge must still take it.
+    server = make_server({"uploads": {"idle_seconds": 1, "purge_interval_seconds": 1}})
+    repo = unique_repo("gone")
+    with server.client() as client:
+        location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        assert client.patch(location, content=b"z" * 4096).status_code == 202
+        for path in staged_files(server):
+            path.unlink()
+        assert staged_bytes(server) == (4096, 0)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and staged_bytes(server) != (0, 0):
+            time.sleep(0.5)
+        assert staged_bytes(server) == (0, 0)
+        assert client.get(location).status_code == 404
+    assert "expired upload sessions purged" in server.log()
+
+
+def staged_bytes(server) -> tuple[int, int]:
+    import sqlite3
+
+    db = sqlite3.connect(server.data / "metadata.db")
+    try:
+        row = db.execute("SELECT bytes, in_flight FROM staged WHERE subject = ''")
+        return tuple(row.fetchone() or (0, 0))
+    finally:
+        db.close()
+
+
+def test_a_slow_body_holds_only_what_it_has_sent(make_server):
+    server = make_server({
+        "server": {"body_timeout_seconds": 5, "body_min_bytes_per_second": 1024},
+        "uploads": {"staged_max_bytes": 1000 * 1024},
+    })  # fmt: skip
+    repo = unique_repo("slowly")
+    declared = 900 * 1024
+    with server.client() as client:
+        location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+
+    def trickle():
+        # Just above the least rate: 2 KiB every half second, for 3 s.
+        for _ in range(6):
+            time.sleep(0.5)
+            yield b"t" * 2048
+
+    import contextlib
+    import threading
+
+    def slow_patch():
+        # The body ends short of its declared length on purpose: only what
+        # it holds meanwhile matters.
+        with server.client() as slow, contextlib.suppress(Exception):
+            slow.patch(location, content=trickle(),
+                       headers={"content-length": str(declared)})  # fmt: skip
+
+    thread = threading.Thread(target=slow_patch)
+    thread.start()
+    try:
+        time.sleep(1.5)
+        held, in_flight = staged_bytes(server)
+        # A step of reservation, not the 900 KiB it declared.
+        assert 0 < in_flight <= 64 * 1024, (held, in_flight)
+        with server.client() as client:
+            data = b"o" * (800 * 1024)
+            done = client.post(f"/v2/{repo}/blobs/uploads/",
+                               params={"digest": sha256(data)}, content=data)  # fmt: skip
+            assert done.status_code == 201, done.text
+    finally:
+        thread.join(30)
+
+
+def test_a_session_a_chunk_streams_into_still_counts_against_the_limit(make_server):
+    server = make_server({
+        "uploads": {"idle_seconds": 1, "max_sessions_per_address": 2},
+        "server": {"body_min_bytes_per_second": 1024},
+    })  # fmt: skip
+    repo = unique_repo("live")
+    with server.client() as client:
+        streaming = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+
+    def steady():
+        for _ in range(10):  # 4 KiB a second for 2.5 s: well past idle_seconds
+            time.sleep(0.25)
+            yield b"s" * 1024
+
+    import threading
+
+    result = {}
+
+    def patch():
+        with server.client() as slow:
+            result["status"] = slow.patch(streaming, content=steady()).status_code
+
+    thread = threading.Thread(target=patch)
+    thread.start()
+    try:
+        time.sleep(1.8)  # the streaming session was last touched > 1 s ago
+        with server.client() as client:
+            assert client.post(f"/v2/{repo}/blobs/uploads/").status_code == 202
+            refused = client.post(f"/v2/{repo}/blobs/uploads/")
+            assert refused.status_code == 429, refused.text
+    finally:
+        thread.join(30)
+    assert result["status"] == 202

@@ -32,6 +32,7 @@ from quaylock.errors import (
     RegistryError,
     TooLarge,
     Unauthorized,
+    Unavailable,
 )
 from quaylock.metadata.store import open_store
 from quaylock.metrics import Metrics
@@ -310,6 +311,12 @@ class App:
             await asyncio.sleep(interval)
             try:
                 await self.registry.uploads.purge_expired()
+            except (InsufficientStorage, Unavailable) as exc:
+                # The database cannot be written now (a full disk): the next
+                # pass tries again; a traceback would say nothing more.
+                log.event(
+                    log.logger, 30, "purging expired uploads waits", detail=str(exc)
+                )
             except Exception:  # noqa: BLE001 - keep purging on the next pass
                 log.logger.exception("purging expired uploads failed")
 

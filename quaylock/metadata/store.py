@@ -326,18 +326,21 @@ class SQLiteStore:
         check: Callable[[int, int], None] | None = None,
     ) -> None:
         """Insert a session; `check(sessions of subject, sessions of client)`
-        (those touched since `live_since`) runs first in the same
-        transaction and may refuse."""
+        (those touched since `live_since`, or with a chunk streaming in)
+        runs first in the same transaction and may refuse."""
         now = time.time()
 
         def write(c: sqlite3.Connection) -> None:
             if check is not None:
+                # Live: touched lately, or a chunk is streaming in now.
                 (by_subject,) = c.execute(
-                    "SELECT count(*) FROM uploads WHERE subject = ? AND updated_at >= ?",
+                    "SELECT count(*) FROM uploads WHERE subject = ? "
+                    "AND (updated_at >= ? OR staging > 0)",
                     (subject, live_since),
                 ).fetchone()
                 (by_client,) = c.execute(
-                    "SELECT count(*) FROM uploads WHERE client = ? AND updated_at >= ?",
+                    "SELECT count(*) FROM uploads WHERE client = ? "
+                    "AND (updated_at >= ? OR staging > 0)",
                     (client, live_since),
                 ).fetchone()
                 check(by_subject, by_client)
@@ -357,10 +360,14 @@ class SQLiteStore:
             durable=False,
         )
 
-    async def set_upload_size(self, upload_id: str, size: int) -> None:
+    async def set_upload_size(
+        self, upload_id: str, size: int, unless_moved_from: int | None = None
+    ) -> None:
         """Settle a session after a chunk: it holds `size` committed bytes,
         reserves as much against the quotas, and has nothing in flight (a
-        chunk that failed gives back what it reserved)."""
+        chunk that failed gives back what it reserved). With
+        `unless_moved_from`, only while its committed size is still that
+        (a late settle must not undo a chunk committed since)."""
         now = time.time()
 
         def write(c: sqlite3.Connection) -> None:
@@ -368,7 +375,7 @@ class SQLiteStore:
                 "SELECT subject, size, staging FROM uploads WHERE upload_id = ?",
                 (upload_id,),
             ).fetchone()
-            if row is None:
+            if row is None or unless_moved_from not in (None, row[1]):
                 return
             c.execute(
                 "UPDATE uploads SET size = ?1, staging = 0, reserved = ?1, "
@@ -470,16 +477,7 @@ class SQLiteStore:
         """
 
         def write(c: sqlite3.Connection) -> None:
-            row = c.execute(
-                "SELECT repository, subject, size + staging, reserved, "
-                "reserved_namespace, reserved_user FROM uploads WHERE upload_id = ?",
-                (upload_id,),
-            ).fetchone()
-            if row is None:
-                raise BlobUploadUnknown(f"upload {upload_id} is not open")
-            session = ReservingSession(
-                row[0], row[1], row[2], dict(zip(usage.SCOPES, row[3:], strict=True))
-            )
+            session = _reserving_session(c, upload_id)
             wanted = check(c, session, extra)
             # Reserve in each scope what the check approved there, no more:
             # a session must not hold bytes against a scope that needs none.
@@ -492,9 +490,16 @@ class SQLiteStore:
                     wanted["user"], time.time(), upload_id,
                 ),
             )  # fmt: skip
-            usage.session_changed(c, row[1], extra, extra)
+            usage.session_changed(c, session.subject, extra, extra)
 
         await self._write(write, durable=False)
+
+    def precheck_upload(self, upload_id: str, extra: int, check: Callable) -> None:
+        """Run `reserve_upload`'s check for `extra` bytes on what is
+        committed now, reserving nothing: a chunk that could not fit now is
+        refused before any byte is read, and one that may fit holds only
+        what arrives (`reserve_upload` as it streams)."""
+        self.read(lambda c: check(c, _reserving_session(c, upload_id), extra))
 
     def quota_usage(self) -> list[tuple[str, str, int]]:
         return usage.all_usage(self._reader)
@@ -657,6 +662,21 @@ class SQLiteStore:
             return row[0]
 
         return await self._write(write)
+
+
+def _reserving_session(c: sqlite3.Connection, upload_id: str) -> ReservingSession:
+    """Raises:
+    BlobUploadUnknown: the session is gone (expired and purged)."""
+    row = c.execute(
+        "SELECT repository, subject, size + staging, reserved, "
+        "reserved_namespace, reserved_user FROM uploads WHERE upload_id = ?",
+        (upload_id,),
+    ).fetchone()
+    if row is None:
+        raise BlobUploadUnknown(f"upload {upload_id} is not open")
+    return ReservingSession(
+        row[0], row[1], row[2], dict(zip(usage.SCOPES, row[3:], strict=True))
+    )
 
 
 def _reserved_by(c: sqlite3.Connection, upload_id: str) -> dict[str, int]:

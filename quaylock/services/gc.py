@@ -16,7 +16,10 @@ in that transaction, why it may go:
 3. blobs that no repository links any more, stored before the grace
    period: the file is moved aside, kept if it changed within the grace
    period (an upload stored or touched it meanwhile) or if a link came
-   back, and deleted otherwise.
+   back, and deleted otherwise;
+4. blob files with no row at all, older than the grace period: an upload
+   whose blob was stored but never linked (a crash, or a full disk, between
+   the two) leaves one. They go the same way as in sweep 3.
 
 Mounts link only blobs that some repository still links, and a blob's row
 goes only when none does, so a mount never links a blob being collected.
@@ -30,6 +33,7 @@ each sweep frees what the one before it was holding.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import time
 from collections.abc import Callable
@@ -53,6 +57,7 @@ class Report:
     manifests: int = 0
     links: int = 0
     blobs: int = 0
+    stray_files: int = 0
     bytes_freed: int = 0
     dry_run: bool = False
     kept_blobs: list[str] = field(default_factory=list)
@@ -66,6 +71,7 @@ class Report:
             "manifests_deleted": self.manifests,
             "blob_links_deleted": self.links,
             "blobs_deleted": self.blobs,
+            "stray_files_deleted": self.stray_files,
             "bytes_freed": self.bytes_freed,
         } | named
 
@@ -140,6 +146,7 @@ class Collector:
         await self._manifests(before, report)
         await self._links(before, report)
         await self._blobs(before, report)
+        await self._stray_files(before, report)
         return report
 
     def _expired_tags(self) -> list[_Expired]:
@@ -273,6 +280,33 @@ class Collector:
                 await self._delete_blob(digest, size, before, report)
             finally:
                 self.progress("blobs", done, len(found))
+
+    async def _stray_files(self, before: float, report: Report) -> None:
+        found = [
+            digest
+            for digest in self.driver.list_blobs(before)
+            if self.store.read_one("SELECT 1 FROM blobs WHERE digest = ?", (digest,))
+            is None
+        ]
+        if report.dry_run:
+            report.stray_files = len(found)
+        for done, digest in enumerate(found, 1):
+            if not report.dry_run:
+                aside = self.driver.quarantine_blob(digest, before)
+                if aside not in (None, KEPT):
+                    # A row that appeared meanwhile (a link) keeps the file.
+                    if self.store.read_one(
+                        "SELECT 1 FROM blobs WHERE digest = ?", (digest,)
+                    ):
+                        self.driver.restore_blob(digest, aside)
+                    else:
+                        size = os.stat(aside).st_size
+                        self.driver.purge_blob(aside)
+                        report.stray_files += 1
+                        report.bytes_freed += size
+            self.progress("stray files", done, len(found))
+        if not found:
+            self.progress("stray files", 0, 0)
 
     async def _delete_blob(
         self, digest: str, size: int, before: float, report: Report

@@ -120,6 +120,9 @@ class UploadService:
         # upload_id -> (committed offset, sha256 of bytes [0, offset))
         self._hashes: OrderedDict[str, tuple[int, object]] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
+        # upload_id -> committed size, for sessions whose failed chunk could
+        # not give its reservation back yet (purge_expired retries).
+        self._unsettled: dict[str, int] = {}
 
     def disk_headroom(self) -> tuple[int, int]:
         """(bytes free on the blob store's disk, bytes above the floor)."""
@@ -354,16 +357,17 @@ class UploadService:
         declared: int | None,
         digest: Digest | None,
     ) -> AsyncIterator[bytes]:
-        """Pass `chunks` on, reserving their bytes first (staging space, disk
-        headroom and quotas, in one transaction): the declared length at
-        once, or growing steps as a body without one streams in. Reserved
-        bytes that do not arrive go back when the chunk settles."""
+        """Pass `chunks` on, reserving their bytes before they are written
+        (staging space, disk headroom and quotas, in one transaction), in
+        growing steps as they arrive. A declared length is checked first
+        against what is free now, without reserving it: a chunk that cannot
+        fit is refused before any byte is read, and a slow one holds no more
+        than it has sent. Reserved bytes that do not arrive go back when the
+        chunk settles."""
         check = self._reservation_check(record, str(digest) if digest else None)
-        reserved = 0
         if declared:
-            await self.store.reserve_upload(record.upload_id, declared, check)
-            reserved = declared
-        received = 0
+            self.store.precheck_upload(record.upload_id, declared, check)
+        reserved = received = 0
         async for chunk in chunks:
             received += len(chunk)
             if received > reserved:
@@ -371,6 +375,8 @@ class UploadService:
                 # _RESERVE_STEP): a few hundred writes per GiB, and never
                 # much more held than has arrived.
                 step = max(_RESERVE_STEP, received // 16, received - reserved)
+                if declared:
+                    step = max(min(step, declared - reserved), received - reserved)
                 await self.store.reserve_upload(record.upload_id, step, check)
                 reserved += step
             yield chunk
@@ -505,6 +511,9 @@ class UploadService:
     async def purge_expired(self) -> int:
         """Delete sessions idle past `uploads.idle_seconds`, and their
         staged bytes; return how many this call removed."""
+        for upload_id, size in list(self._unsettled.items()):
+            await self.store.set_upload_size(upload_id, size, unless_moved_from=size)
+            del self._unsettled[upload_id]
         before = time.time() - self.config.uploads.idle_seconds
         removed, after = 0, ""
         for _ in range(_PURGE_PAGES):
@@ -520,8 +529,14 @@ class UploadService:
                                 await self.driver.abort_upload(upload_id)
                             self._forget(upload_id)
                             removed += 1
-                except (BlobUploadInvalid, BlobUploadUnknown):
-                    continue  # busy in another request, or gone already
+                except BlobUploadInvalid:
+                    continue  # busy in another request
+                except BlobUploadUnknown:
+                    # Its staged file is gone (stored as a blob that could not
+                    # be linked, say): the row alone is left to delete.
+                    if await self.store.delete_expired_upload(upload_id, before):
+                        self._forget(upload_id)
+                        removed += 1
             if len(page) < _PURGE_BATCH:
                 break
             after = page[-1]
@@ -583,7 +598,14 @@ class UploadService:
     async def _undo(self, record: UploadRecord) -> None:
         self._forget(record.upload_id)
         # Back to the committed size, giving back what the chunk reserved.
-        await self.store.set_upload_size(record.upload_id, record.size)
+        try:
+            await self.store.set_upload_size(record.upload_id, record.size)
+        except Exception:
+            # The database could not take it (a full disk): until the purge
+            # settles it, the chunk's reservation would hold space no byte
+            # will fill.
+            self._unsettled[record.upload_id] = record.size
+            raise
         try:
             await self.driver.truncate_upload(record.upload_id, record.size)
         except PathNotFound:

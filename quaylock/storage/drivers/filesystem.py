@@ -13,7 +13,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from quaylock.storage import paths
 from quaylock.storage.driver import PathNotFound, UploadBusy
@@ -83,6 +83,19 @@ class FilesystemDriver:
             self.restore_blob(digest, aside)
             return KEPT
         return aside
+
+    def list_blobs(self, older_than: float) -> Iterator[str]:
+        """Digests of the blob files not changed since `older_than`."""
+        top = os.path.join(self.root, "blobs")
+        for algorithm in _entries(top):
+            for prefix in _entries(os.path.join(top, algorithm.name)):
+                for entry in _entries(prefix.path):
+                    if (
+                        entry.name.isalnum()
+                        and entry.is_file(follow_symlinks=False)
+                        and entry.stat(follow_symlinks=False).st_mtime < older_than
+                    ):
+                        yield f"{algorithm.name}:{entry.name}"
 
     def restore_blob(self, digest: str, aside: str) -> None:
         os.replace(aside, paths.blob_path(self.root, digest))
@@ -203,6 +216,14 @@ class FilesystemDriver:
     def list_uploads(self) -> list[str]:
         names = os.listdir(paths.uploads_dir(self.root))
         return [name for name in names if paths.is_upload_id(name)]
+
+
+def _entries(path: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as entries:
+            return [e for e in entries if not e.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 async def _read_fd(fd: int, offset: int, length: int | None) -> AsyncIterator[bytes]:
