@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from quaylock.policy.clients import networks
+
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message says which key and why."""
@@ -209,8 +211,18 @@ class ServerConfig:
     workers: int = 1
     # Seconds given to in-flight requests on shutdown.
     shutdown_grace_seconds: int = 30
-    # Seconds a client may take to send its request headers.
+    # Seconds a client may take to send its request headers; also how long
+    # an idle keep-alive connection stays open (Granian has one timer).
     header_read_timeout_seconds: int = 30
+    # Largest request head (request line and headers) accepted; 431 above.
+    max_header_bytes: int = 65536
+    # Open connections, all workers together (each worker takes its share);
+    # past it new connections wait in the listen backlog.
+    max_connections: int = 4096
+    # Requests one worker handles at once, from everyone (503 past it) and
+    # from one client address (429 past it).
+    max_requests_in_flight: int = 1024
+    max_requests_in_flight_per_address: int = 256
     # Seconds a request body may go without a byte, and the least average
     # rate (bytes a second, 0: none) it must keep once that long has
     # passed. A stalled upload would otherwise hold its reservations (of
@@ -218,6 +230,59 @@ class ServerConfig:
     # connection stays open.
     body_timeout_seconds: int = 60
     body_min_bytes_per_second: int = 1024
+    # Reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For or
+    # Forwarded header names the client; from anyone else those headers
+    # are ignored.
+    trusted_proxies: list = field(default_factory=list)
+
+
+def _loopback() -> list:
+    return ["127.0.0.1/32", "::1/128"]
+
+
+@dataclass
+class MetricsConfig:
+    # Addresses (CIDR ranges) that may read /metrics without credentials,
+    # such as the Prometheus server; anyone else needs an admin's.
+    allow: list = field(default_factory=_loopback)
+
+
+@dataclass
+class RateClass:
+    """The rate limit of one class of requests, per subject (or per client
+    address for requests without credentials)."""
+
+    # Requests a minute, sustained; 0: no limit.
+    per_minute: int = 0
+    # Requests allowed at once, on top of the sustained rate (the bucket).
+    burst: int = 0
+
+
+RATE_CLASSES = ("read", "write", "token", "listing")
+
+
+@dataclass
+class RateLimitsConfig:
+    enabled: bool = True
+    # Where the counters live: "memory" (shared by this server's worker
+    # processes) or "redis" (shared by replicas too).
+    backend: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # GET and HEAD of manifests, blobs, referrers and /v2/.
+    read: RateClass = field(default_factory=lambda: RateClass(6000, 1000))
+    # Uploads, manifest pushes, deletes and admin changes.
+    write: RateClass = field(default_factory=lambda: RateClass(6000, 1000))
+    # Logins at /v2/token, always per client address.
+    token: RateClass = field(default_factory=lambda: RateClass(600, 100))
+    # Catalog and tags list: a page counts as one request per
+    # `listing_entries_per_request` entries asked for.
+    listing: RateClass = field(default_factory=lambda: RateClass(600, 100))
+    listing_entries_per_request: int = 100
+    # Other limits for some subjects or addresses: entries of `subjects`
+    # (as in auth.rules) or `addresses` (CIDR ranges), `class` (one of
+    # RATE_CLASSES, or "*"), `per_minute` and `burst`. The first match
+    # applies.
+    overrides: list = field(default_factory=list)
 
 
 @dataclass
@@ -341,6 +406,8 @@ class Config:
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
     gc: GCConfig = field(default_factory=GCConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
     signatures: SignaturesConfig = field(default_factory=SignaturesConfig)
@@ -433,6 +500,48 @@ def _check(config: Config) -> None:
             f"({config.uploads.idle_seconds}), or collection could take a blob "
             "that an open upload session is about to use"
         )
+    config.rate_limits.overrides = [
+        _rate_override(i, raw) for i, raw in enumerate(config.rate_limits.overrides)
+    ]
+    if config.rate_limits.backend not in ("memory", "redis"):
+        raise ConfigError(
+            "rate_limits.backend: expected memory or redis, got "
+            f"{config.rate_limits.backend!r}"
+        )
+    if config.rate_limits.listing_entries_per_request < 1:
+        raise ConfigError(
+            "rate_limits.listing_entries_per_request: expected at least 1"
+        )
+    for name in RATE_CLASSES:
+        rate = getattr(config.rate_limits, name)
+        if rate.per_minute and not rate.burst:
+            raise ConfigError(
+                f"rate_limits.{name}.burst: expected at least 1 with per_minute set"
+            )
+    try:
+        if not all(isinstance(a, str) for a in config.metrics.allow):
+            raise ValueError("expected a list of addresses")
+        networks(config.metrics.allow)
+    except ValueError as exc:
+        raise ConfigError(f"metrics.allow: {exc}") from None
+    if not isinstance(config.server.trusted_proxies, list) or not all(
+        isinstance(p, str) for p in config.server.trusted_proxies
+    ):
+        raise ConfigError("server.trusted_proxies: expected a list of addresses")
+    try:
+        networks(config.server.trusted_proxies)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"server.trusted_proxies: expected addresses or CIDR ranges ({exc})"
+        ) from None
+    for name in (
+        "max_connections", "max_requests_in_flight",
+        "max_requests_in_flight_per_address", "header_read_timeout_seconds",
+    ):  # fmt: skip
+        if getattr(config.server, name) < 1:
+            raise ConfigError(f"server.{name}: expected at least 1")
+    if not 8192 <= config.server.max_header_bytes <= 1024 * 1024:
+        raise ConfigError("server.max_header_bytes: expected 8192 to 1048576")
     if config.server.body_timeout_seconds < 1:
         raise ConfigError("server.body_timeout_seconds: expected at least 1")
     if config.server.body_min_bytes_per_second < 0:
@@ -519,6 +628,38 @@ def _check_patterns(patterns, where: str) -> None:
         or not all(isinstance(p, str) and p.isprintable() for p in patterns)
     ):
         raise ConfigError(f"{where}: expected a non-empty list of patterns")
+
+
+def _rate_override(i: int, raw) -> dict:
+    where = f"rate_limits.overrides[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    kinds = [k for k in ("subjects", "addresses") if k in raw]
+    allowed = {*kinds, "class", "per_minute", "burst"}
+    if len(kinds) != 1 or not set(raw) <= allowed or "per_minute" not in raw:
+        raise ConfigError(
+            f"{where}: expected subjects or addresses (one of them), per_minute, "
+            "burst, and optionally class"
+        )
+    _check_patterns(raw[kinds[0]], f"{where}.{kinds[0]}")
+    if kinds[0] == "addresses":
+        try:
+            networks(raw["addresses"])
+        except ValueError as exc:
+            raise ConfigError(f"{where}.addresses: {exc}") from None
+    rate_class = raw.get("class", "*")
+    if rate_class not in (*RATE_CLASSES, "*"):
+        raise ConfigError(
+            f"{where}.class: expected one of {', '.join(RATE_CLASSES)} or *, "
+            f"got {rate_class!r}"
+        )
+    for key in ("per_minute", "burst"):
+        value = raw.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}.{key}: expected a whole number >= 0")
+    if raw["per_minute"] and not raw.get("burst"):
+        raise ConfigError(f"{where}.burst: expected at least 1 with per_minute set")
+    return {**raw, "class": rate_class}
 
 
 def _retention_rule(i: int, raw) -> RetentionRule:
@@ -765,7 +906,9 @@ def _apply_env(raw: dict, env) -> None:
             ) from None
 
 
-def _build(cls, raw: Any, where: str):
+def _build(cls, raw: Any, where: str, base: Any = None):
+    """`cls` from the mapping `raw`; keys it leaves out keep `base`'s
+    values (a section's defaults), or the class's."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -777,11 +920,13 @@ def _build(cls, raw: Any, where: str):
         f = fields[name]
         key = where + name
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if base is not None:
+            default = getattr(base, name)
         if dataclasses.is_dataclass(default):
-            values[name] = _build(type(default), value or {}, key + ".")
+            values[name] = _build(type(default), value or {}, key + ".", default)
         else:
             values[name] = _coerce(default, value, key)
-    return cls(**values)
+    return dataclasses.replace(base, **values) if base is not None else cls(**values)
 
 
 def _coerce(default: Any, value: Any, key: str) -> Any:

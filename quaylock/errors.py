@@ -31,6 +31,7 @@ and an OCI error code in one table. Drivers raise their own errors
     ├── Conflict                 an account of that name exists already
     ├── NotFound                 no such route
     ├── Unavailable              a store cannot serve now
+    ├── RequestTimeout           a body stalled or came too slowly
     └── InsufficientStorage      the disk is at its free-space floor
 """
 
@@ -50,6 +51,9 @@ class RegistryError(Exception):
         self.message = message
         self.detail = detail
         self.headers: dict[str, str] = {}
+        # Which defence refused the request, for `quaylock_refusals_total`
+        # (metrics.REFUSAL_REASONS); None: the class's own (api.app).
+        self.reason: str | None = None
 
 
 class BlobUnknown(RegistryError):

@@ -21,6 +21,7 @@ an admin) are read from the metadata store at scrape time.
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import shutil
@@ -39,6 +40,26 @@ AUDIT_ACTIONS = (
 )  # fmt: skip
 SIGNATURE_MODES = ("tag", "pull", "audit")
 SIGNATURE_RESULTS = ("verified", "unsigned", "invalid")
+# Why a request was refused (`quaylock_refusals_total`).
+REFUSAL_REASONS = (
+    "rate_limit", "in_flight", "sessions", "quota", "size", "policy", "auth",
+    "disk", "staging", "timeout",
+)  # fmt: skip
+
+# Request series: every route template, by method and status.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "other")
+CODES = (
+    "200", "201", "202", "204", "206", "307", "400", "401", "403", "404",
+    "405", "408", "409", "413", "415", "416", "429", "431", "499", "500",
+    "503", "507", "other",
+)  # fmt: skip
+# Upper bounds of the latency histogram's buckets, in seconds (+Inf last).
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0,
+)  # fmt: skip
+_METHOD_INDEX = {m: i for i, m in enumerate(METHODS)}
+_CODE_INDEX = {int(c): i for i, c in enumerate(CODES) if c != "other"}
 
 # name -> (help text, [labels of each series]).
 COUNTERS: dict[str, tuple[str, list[tuple[tuple[str, str], ...]]]] = {
@@ -56,6 +77,11 @@ COUNTERS: dict[str, tuple[str, list[tuple[tuple[str, str], ...]]]] = {
             for r in SIGNATURE_RESULTS
         ],
     ),
+    "quaylock_refusals_total": (
+        "Requests refused by a defence, by reason (rate_limit, in_flight, "
+        "sessions, quota, size, policy, auth, disk, staging, timeout).",
+        [(("reason", r),) for r in REFUSAL_REASONS],
+    ),
 }
 _SLOTS = {
     (name, labels): i
@@ -63,8 +89,7 @@ _SLOTS = {
         (name, labels) for name, (_, series) in COUNTERS.items() for labels in series
     )
 }
-_SIZE = 8 * len(_SLOTS)
-_VALUES = struct.Struct(f"<{len(_SLOTS)}d")
+_STATIC = len(_SLOTS)
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -73,35 +98,48 @@ class Metrics:
     """Args:
     directory: where workers share their counters; None keeps them in
         this process only (tests, the command line).
+    routes: the route templates to count requests by (`observe`); the
+        last stands for requests that matched no route.
     """
 
-    def __init__(self, directory: Path | None = None):
+    def __init__(self, directory: Path | None = None, routes: tuple[str, ...] = ()):
         self.directory = directory
+        self.routes = routes
+        per_route = len(METHODS) * len(CODES)
+        self._requests = _STATIC
+        self._latency = self._requests + len(routes) * per_route
+        self._bytes = self._latency + len(routes) * (len(LATENCY_BUCKETS) + 2)
+        self._in_flight = self._bytes + 2 * len(routes)
+        count = self._in_flight + 1
+        self._size = 8 * count
+        self._layout = struct.Struct(f"<{count}d")
         self._lock = threading.Lock()
-        self._values = bytearray(_SIZE)  # until the shared file is open
+        self._values = bytearray(self._size)  # until the shared file is open
+        self._doubles = memoryview(self._values).cast("d")
         self._pid: int | None = None
 
-    def _memory(self):
-        """This process's slots: its shared file once it has one. Opened on
-        first use, in the worker, so a forked worker gets a file of its
-        own rather than its parent's."""
+    def _memory(self) -> memoryview:
+        """This process's slots, as doubles: its shared file once it has
+        one. Opened on first use, in the worker, so a forked worker gets a
+        file of its own rather than its parent's."""
         if self.directory is None or self._pid == os.getpid():
-            return self._values
+            return self._doubles
         self._pid = os.getpid()
         try:
             fd = os.open(
                 self.directory / f"{self._pid}.bin", os.O_RDWR | os.O_CREAT, 0o600
             )
             try:
-                os.ftruncate(fd, _SIZE)
-                shared = mmap.mmap(fd, _SIZE)
+                os.ftruncate(fd, self._size)
+                shared = mmap.mmap(fd, self._size)
             finally:
                 os.close(fd)
         except OSError:
-            return self._values  # count in memory; this worker alone shows it
-        shared[:] = bytes(_SIZE)
+            return self._doubles  # count in memory; this worker alone shows it
+        shared[:] = bytes(self._size)
         self._values = shared
-        return shared
+        self._doubles = memoryview(shared).cast("d")
+        return self._doubles
 
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -111,10 +149,37 @@ class Metrics:
         if slot is None:
             raise KeyError(f"undeclared metric series {name}{key}")
         with self._lock:
-            memory = self._memory()
-            offset = 8 * slot
-            (current,) = struct.unpack_from("<d", memory, offset)
-            struct.pack_into("<d", memory, offset, current + value)
+            self._memory()[slot] += value
+
+    def observe(
+        self,
+        route: int,
+        method: str,
+        status: int,
+        seconds: float,
+        bytes_in: int,
+        bytes_out: int,
+    ) -> None:
+        """Count one request of route `route` (an index into `routes`).
+        Runs on the event loop for every request: a few stores into shared
+        memory, no system call."""
+        if route >= len(self.routes):
+            return
+        memory = self._memory()
+        method_at = _METHOD_INDEX.get(method, len(METHODS) - 1)
+        code_at = _CODE_INDEX.get(status, len(CODES) - 1)
+        memory[
+            self._requests + (route * len(METHODS) + method_at) * len(CODES) + code_at
+        ] += 1
+        histogram = self._latency + route * (len(LATENCY_BUCKETS) + 2)
+        memory[histogram + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        memory[histogram + len(LATENCY_BUCKETS) + 1] += seconds
+        memory[self._bytes + 2 * route] += bytes_in
+        memory[self._bytes + 2 * route + 1] += bytes_out
+
+    def in_flight(self, delta: int) -> None:
+        """Move this worker's count of requests in flight."""
+        self._memory()[self._in_flight] += delta
 
     def flush(self) -> None:
         """Make the shared file durable enough for a clean shutdown."""
@@ -124,7 +189,7 @@ class Metrics:
     def totals(self) -> list[float]:
         """Every worker's counts, summed, slot by slot."""
         with self._lock:
-            own = _VALUES.unpack(bytes(self._memory()))
+            own = self._layout.unpack(self._memory().cast("B"))
         totals = list(own)
         if self.directory is not None:
             for path in self.directory.glob("*.bin"):
@@ -134,16 +199,16 @@ class Metrics:
                     data = path.read_bytes()
                 except OSError:
                     continue
-                if len(data) == _SIZE:
-                    totals = [a + b for a, b in zip(totals, _VALUES.unpack(data))]
+                if len(data) == self._size:
+                    totals = [a + b for a, b in zip(totals, self._layout.unpack(data))]
         return totals
 
     def value(self, name: str, **labels: str) -> float:
         return self.totals()[_SLOTS[(name, tuple(sorted(labels.items())))]]
 
     def render(self, gauges: dict[str, tuple[str, float]]) -> bytes:
-        """The Prometheus text exposition (version 0.0.4): the counters, and
-        `gauges` as name -> (help, value)."""
+        """The Prometheus text exposition (version 0.0.4): the counters, the
+        request series, and `gauges` as name -> (help, value)."""
         totals = self.totals()
         lines = []
         for name, (help_text, series) in COUNTERS.items():
@@ -152,6 +217,8 @@ class Metrics:
                 value = totals[_SLOTS[(name, labels)]]
                 if value:
                     lines.append(f"{name}{_labels(labels)} {_number(value)}")
+        if self.routes:
+            lines += self._render_requests(totals)
         for name, (help_text, value) in gauges.items():
             lines += [
                 f"# HELP {name} {help_text}",
@@ -159,6 +226,63 @@ class Metrics:
                 f"{name} {_number(value)}",
             ]
         return ("\n".join(lines) + "\n").encode()
+
+    def _render_requests(self, totals: list[float]) -> list[str]:
+        name = "quaylock_http_requests_total"
+        lines = [
+            f"# HELP {name} Requests answered, by route template, method and status.",
+            f"# TYPE {name} counter",
+        ]
+        for r, route in enumerate(self.routes):
+            for m, method in enumerate(METHODS):
+                for c, code in enumerate(CODES):
+                    slot = self._requests + (r * len(METHODS) + m) * len(CODES) + c
+                    if totals[slot]:
+                        labels = (("route", route), ("method", method), ("code", code))
+                        lines.append(f"{name}{_labels(labels)} {_number(totals[slot])}")
+        name = "quaylock_http_request_duration_seconds"
+        lines += [
+            f"# HELP {name} Time from a request's arrival to its answer's last "
+            "byte, by route template.",
+            f"# TYPE {name} histogram",
+        ]
+        for r, route in enumerate(self.routes):
+            base = self._latency + r * (len(LATENCY_BUCKETS) + 2)
+            counts = totals[base : base + len(LATENCY_BUCKETS) + 1]
+            if not any(counts):
+                continue
+            running = 0.0
+            for bound, count in zip((*LATENCY_BUCKETS, "+Inf"), counts):
+                running += count
+                le = bound if isinstance(bound, str) else repr(bound)
+                labels = (("route", route), ("le", le))
+                lines.append(f"{name}_bucket{_labels(labels)} {_number(running)}")
+            labels = (("route", route),)
+            lines.append(
+                f"{name}_sum{_labels(labels)} {_number(totals[base + len(LATENCY_BUCKETS) + 1])}"
+            )
+            lines.append(f"{name}_count{_labels(labels)} {_number(running)}")
+        for offset, name, what in (
+            (0, "quaylock_http_request_bytes_total", "Request body bytes read"),
+            (1, "quaylock_http_response_bytes_total", "Response body bytes sent"),
+        ):
+            lines += [
+                f"# HELP {name} {what}, by route template.",
+                f"# TYPE {name} counter",
+            ]
+            for r, route in enumerate(self.routes):
+                value = totals[self._bytes + 2 * r + offset]
+                if value:
+                    lines.append(
+                        f"{name}{_labels((('route', route),))} {_number(value)}"
+                    )
+        name = "quaylock_http_requests_in_flight"
+        lines += [
+            f"# HELP {name} Requests being handled now, all workers together.",
+            f"# TYPE {name} gauge",
+            f"{name} {_number(totals[self._in_flight])}",
+        ]
+        return lines
 
 
 def reset(directory: Path) -> None:

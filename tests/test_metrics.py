@@ -1,11 +1,12 @@
-"""``GET /metrics``: audit and signature counters, summed over workers, and
-the gauge of held names, from a running server."""
+"""``GET /metrics``: audit and signature counters, summed over workers, the
+gauge of held names, requests by route template, latency and refusals by
+reason, from a running server; and who may read it."""
 
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.helpers import push_image, push_manifest, unique_repo
+from tests.helpers import push_blob, push_image, push_manifest, unique_repo
 from tests.test_signature_policy import sign
 from tests.test_signatures import write_public_key
 
@@ -61,8 +62,14 @@ def test_metrics_count_signature_checks_and_audit_events_across_workers(
         assert moved.status_code == 201  # audit mode refuses nothing
 
     # Counters only: the free-disk gauge moves with everything else here.
+    # (Request series move with every scrape: they count the scrapes too.)
     scrapes = [
-        {k: v for k, v in scrape(server).items() if "_total" in k} for _ in range(6)
+        {
+            k: v
+            for k, v in scrape(server).items()
+            if "_total" in k and not k.startswith("quaylock_http_")
+        }
+        for _ in range(6)
     ]
     assert all(s == scrapes[0] for s in scrapes), f"workers disagree: {scrapes}"
     after = scrapes[0]
@@ -126,3 +133,70 @@ def test_health_and_readiness(make_server):
             "ok", "ok", "accepted"
         )  # fmt: skip
         assert body["disk_free_bytes"] > 0
+
+
+def test_requests_are_counted_by_route_template_with_latency_and_refusals(
+    make_server,
+):
+    server = make_server({
+        "auth": {"mode": "none"},
+        "server": {"workers": 2},
+        "rate_limits": {"write": {"per_minute": 60, "burst": 3}},
+    })  # fmt: skip
+    repo = unique_repo("counted")
+    with server.client() as client:
+        push_blob(client, repo, b"counted")  # two writes: POST, PUT
+        posts = [
+            client.post(f"/v2/{repo}/blobs/uploads/").status_code for _ in range(3)
+        ]
+        assert posts.count(429) >= 1
+        assert client.get(f"/v2/{repo}/manifests/v1").status_code == 404
+        assert client.get("/nowhere").status_code == 404
+    samples = scrape(server)
+
+    def requests(route: str, method: str, code: int) -> float:
+        labels = f'route="{route}",method="{method}",code="{code}"'
+        return samples.get(f"quaylock_http_requests_total{{{labels}}}", 0)
+
+    manifests = "/v2/{name}/manifests/{reference}"
+    assert requests(manifests, "GET", 404) == 1
+    assert requests("/v2/{name}/blobs/uploads/", "POST", 429) == posts.count(429)
+    assert requests("unmatched", "GET", 404) == 1
+    assert samples['quaylock_refusals_total{reason="rate_limit"}'] == posts.count(429)
+    latency = "quaylock_http_request_duration_seconds"
+    where = f'route="{manifests}"'
+    assert samples[f"{latency}_count{{{where}}}"] == 1
+    assert samples[f'{latency}_bucket{{{where},le="+Inf"}}'] == 1
+    assert 0 < samples[f"{latency}_sum{{{where}}}"] < 5
+    uploads = 'route="/v2/{name}/blobs/uploads/{upload_id}"'
+    assert samples[f"quaylock_http_request_bytes_total{{{uploads}}}"] == len(b"counted")
+    assert samples["quaylock_http_requests_in_flight"] == 0  # scrapes are not counted
+
+
+def test_metrics_are_for_allowed_addresses_and_admins(make_server):
+    server = make_server({
+        "auth": {"mode": "token"},
+        "server": {"trusted_proxies": ["127.0.0.1/32"]},
+        "metrics": {"allow": ["127.0.0.1/32", "10.0.0.0/8"]},
+    })  # fmt: skip
+    outside = {"x-forwarded-for": "198.51.100.7"}
+    with server.client() as client:
+        assert (
+            client.get("/metrics", headers={"x-forwarded-for": "10.1.2.3"}).status_code
+            == 200
+        )
+        refused = client.get("/metrics", headers=outside)
+        assert refused.status_code == 401
+        admin = ("admin", (server.data / "admin-password").read_text().strip())
+        assert client.get("/metrics", headers=outside, auth=admin).status_code == 200
+        # Health and readiness stay open: load balancers probe them.
+        assert client.get("/healthz", headers=outside).status_code == 200
+
+
+def test_without_authentication_only_allowed_addresses_read_metrics(make_server):
+    server = make_server({"server": {"trusted_proxies": ["127.0.0.1/32"]}})
+    with server.client() as client:
+        refused = client.get("/metrics", headers={"x-forwarded-for": "198.51.100.7"})
+        assert refused.status_code == 403
+        assert "198.51.100.7 is not in metrics.allow" in refused.text
+        assert client.get("/metrics").status_code == 200  # loopback, by default

@@ -54,14 +54,20 @@ class Services:
 _BODY_MAX_BYTES = 64 * 1024
 
 
-async def _admin(services: Services, request: Request) -> Subject:
+async def require_admin(services: Services, request: Request) -> Subject:
+    """The admin a request comes from.
+
+    Raises:
+        Unauthorized: no credentials, or wrong ones.
+        Denied: the subject is no admin.
+    """
     auth = services.auth
     header = request.headers.get("authorization", "")
     kind, _, value = header.partition(" ")
     subject = None
     if kind.lower() == "basic":
         name, password = decode_basic(value.strip())
-        address = (request.scope.get("client") or ("", 0))[0]
+        address = request.client
         subject = await auth.accounts.authenticate(name, password, address)
     elif kind.lower() == "bearer":
         try:
@@ -125,13 +131,13 @@ def _password(body: dict, required: bool = False) -> str | None:
 
 
 async def list_users(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     auth = services.auth
     return _json(200, auth.accounts.list_users())
 
 
 async def create_user(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     auth = services.auth
     body = await _body(request)
     password = _password(body, required=True)
@@ -145,7 +151,7 @@ async def create_user(services: Services, request: Request) -> Response:
 
 
 async def update_user(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     auth = services.auth
     name = request.params["user"]
     body = await _body(request)
@@ -161,7 +167,7 @@ async def update_user(services: Services, request: Request) -> Response:
 
 
 async def delete_user(services: Services, request: Request) -> Response:
-    subject = await _admin(services, request)
+    subject = await require_admin(services, request)
     auth = services.auth
     if request.params["user"] == subject.name:
         raise Denied("an admin cannot delete itself")
@@ -170,13 +176,13 @@ async def delete_user(services: Services, request: Request) -> Response:
 
 
 async def list_robots(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     auth = services.auth
     return _json(200, auth.accounts.list_robots())
 
 
 async def create_robot(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     auth = services.auth
     body = await _body(request)
     actions = _strings(body, "actions", required=True)
@@ -199,14 +205,14 @@ async def create_robot(services: Services, request: Request) -> Response:
 
 
 async def revoke_robot(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     auth = services.auth
     await auth.accounts.revoke_robot(request.params["robot"])
     return Response(204)
 
 
 async def signature_status(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     registry = services.registry
     repository = request.query.get("repository", "")
     digest = request.query.get("digest", "")
@@ -235,19 +241,19 @@ async def signature_status(services: Services, request: Request) -> Response:
 
 
 async def list_tag_rules(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     return _json(200, services.registry.tag_admin.rules())
 
 
 async def add_tag_rule(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     body = await _body(request)
     rule_id = await services.registry.tag_admin.add_rule(body, actor_of(request))
     return _json(201, {"id": rule_id, "label": f"tag rule {rule_id}"})
 
 
 async def delete_tag_rule(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     await services.registry.tag_admin.delete_rule(
         int(request.params["rule"]), actor_of(request)
     )
@@ -255,7 +261,7 @@ async def delete_tag_rule(services: Services, request: Request) -> Response:
 
 
 async def list_allowed_names(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     return _json(200, services.registry.tag_admin.allowed())
 
 
@@ -269,7 +275,7 @@ def _name_fields(values) -> tuple[str, str, str]:
 
 
 async def add_allowed_name(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     kind, repository, name = _name_fields(await _body(request))
     await services.registry.tag_admin.allow(kind, repository, name, actor_of(request))
     if kind == "repository":
@@ -278,7 +284,7 @@ async def add_allowed_name(services: Services, request: Request) -> Response:
 
 
 async def delete_allowed_name(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     kind, repository, name = _name_fields(request.query)
     await services.registry.tag_admin.disallow(
         kind, repository, name, actor_of(request)
@@ -287,14 +293,14 @@ async def delete_allowed_name(services: Services, request: Request) -> Response:
 
 
 async def list_holds(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     state = request.query.get("state", "pending")
     holds = services.registry.tag_admin.holds(None if state == "all" else state)
     return _json(200, [hold.as_json() for hold in holds])
 
 
 async def decide_hold(services: Services, request: Request) -> Response:
-    await _admin(services, request)
+    await require_admin(services, request)
     decision = _field(await _body(request), "decision", str, required=True)
     tag_admin = services.registry.tag_admin
     hold_id = int(request.params["hold"])

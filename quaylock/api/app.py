@@ -26,11 +26,14 @@ from quaylock.api.errors import error_body, internal_error_body
 from quaylock.api.http import ClientDisconnected, Request, Response
 from quaylock.errors import (
     BlobUploadUnknown,
+    Denied,
     InsufficientStorage,
     MethodNotAllowed,
     NotFound,
     RegistryError,
+    RequestTimeout,
     TooLarge,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
 )
@@ -39,7 +42,16 @@ from quaylock.metrics import Metrics
 from quaylock.policy.access import AccessPolicy
 from quaylock.policy.accounts import Accounts
 from quaylock.policy.auth import Authenticator
-from quaylock.policy.limiter import LoginLimiter
+from quaylock.policy.clients import ClientAddresses, networks
+from quaylock.policy.clients import address_in as _address_in
+from quaylock.policy.limiter import LoginLimiter, address_key
+from quaylock.policy.ratelimit import (
+    LocalBuckets,
+    RateLimiter,
+    RedisBuckets,
+    SharedBuckets,
+)
+from quaylock.policy.ratelimit import headers as rate_headers
 from quaylock.policy.tokens import KeyRing, TokenService
 from quaylock.services.registry import Registry
 from quaylock.storage import paths
@@ -125,6 +137,8 @@ _LOGIN = {"GET": "login", "HEAD": "login"}
 _NO_UPLOAD_METHODS = frozenset({"GET", "HEAD", "DELETE"})
 # Routes that need no credentials at all (api/status.py).
 PUBLIC: dict = {}
+# Routes for operators: open to `metrics.allow` addresses, else admins.
+OPERATOR: dict = {}
 EXACT_ROUTES = {
     "/v2/": _route(
         "/v2/", r"/v2/", _LOGIN, GET=listings.api_version, HEAD=listings.api_version
@@ -138,7 +152,7 @@ EXACT_ROUTES = {
     "/v2/token": _route(
         "/v2/token", r"/v2/token", None, GET=token.get_token, POST=token.post_token
     ),
-    "/metrics": _route("/metrics", r"/metrics", PUBLIC, GET=status.metrics),
+    "/metrics": _route("/metrics", r"/metrics", OPERATOR, GET=status.metrics),
     "/healthz": _route("/healthz", r"/healthz", PUBLIC, GET=status.healthz),
     "/readyz": _route("/readyz", r"/readyz", PUBLIC, GET=status.readyz),
 }
@@ -221,6 +235,27 @@ def _checked_name(name: str) -> str:
     return oci.check_name(name)
 
 
+# Every route template, for the request metrics; requests that match none
+# count as "unmatched".
+ROUTE_TEMPLATES = (
+    *dict.fromkeys(
+        r.template for r in (*ROUTES, *EXACT_ROUTES.values(), *ADMIN_ROUTES)
+    ),
+    "unmatched",
+)
+_ROUTE_INDEX = {template: i for i, template in enumerate(ROUTE_TEMPLATES)}
+
+# The defence a refusal counts under, by class, unless it names its own.
+_REFUSAL_REASONS = (
+    (Unauthorized, "auth"),
+    (TooLarge, "size"),
+    (InsufficientStorage, "disk"),
+    (RequestTimeout, "timeout"),
+    (TooManyRequests, "rate_limit"),
+    (Denied, "policy"),
+)
+
+
 def match(path: str) -> tuple[Route, dict[str, str]] | None:
     route = EXACT_ROUTES.get(path)
     if route is not None:
@@ -253,9 +288,11 @@ class App:
         registry: Registry,
         auth: Authenticator | None = None,
         log_requests: bool = True,
+        rates: RateLimiter | None = None,
     ):
         self.registry = registry
         self.auth = auth
+        self.rates = rates
         self.log_requests = log_requests
         self._admin = admin.Services(auth, registry) if auth is not None else None
         if auth is not None:
@@ -270,6 +307,11 @@ class App:
             min(config.server.body_timeout_seconds, config.uploads.idle_seconds)
         )
         self._body_min_rate = config.server.body_min_bytes_per_second
+        self.clients = ClientAddresses(networks(config.server.trusted_proxies))
+        self._operator_networks = networks(config.metrics.allow)
+        # Requests in flight in this worker, in all and by client address.
+        self._in_flight = 0
+        self._in_flight_by_address: dict[str, int] = {}
 
     async def _collect_garbage(self) -> None:
         """Run `quaylock gc` every `gc.interval_seconds`, as a process of its
@@ -349,8 +391,11 @@ class App:
         request = Request(scope, receive, {})
         request.body_timeout = self._body_timeout
         request.body_min_rate = self._body_min_rate
+        if self.clients.trusts(request.client):
+            request.client = self.clients.resolve(request.client, request.headers)
         bytes_out = 0
         sent_start = False
+        in_flight = None
 
         async def tracked_send(message):
             nonlocal sent_start
@@ -384,7 +429,26 @@ class App:
                 raise BlobUploadUnknown(
                     f"upload {params['upload_id'][:64]!r} is not open"
                 )
+            rate_class = _rate_class(route, scope["method"])
+            if rate_class is not None:
+                in_flight = self._enter(request.client)
+            limited = None
+            if (
+                rate_class is not None
+                and self.rates is not None
+                and (
+                    route.needs is None
+                    or self.auth is None
+                    or "authorization" not in request.headers
+                )
+            ):
+                # Logins and requests without credentials count per client
+                # address, before any work (a password check) is done.
+                limited = await self._admit(rate_class, request, None)
             if route.needs is PUBLIC:
+                response = await handler(self.registry, request)
+            elif route.needs is OPERATOR:
+                await self._operator(request)
                 response = await handler(self.registry, request)
             elif route.needs is None:
                 if self.auth is None:
@@ -395,14 +459,24 @@ class App:
                     response = await handler(self.auth, request)
             else:
                 if self.auth is not None:
-                    request.subject = await self.auth.check(
-                        request.headers,
-                        _client(scope),
-                        _host(scope, request),
-                        scope.get("scheme", "http"),
-                        route.needs[scope["method"]],
-                        params.get("name"),
-                    )
+                    try:
+                        request.subject = await self.auth.check(
+                            request.headers,
+                            request.client,
+                            _host(scope, request),
+                            scope.get("scheme", "http"),
+                            route.needs[scope["method"]],
+                            params.get("name"),
+                        )
+                    except Unauthorized:
+                        if limited is None and rate_class and self.rates is not None:
+                            # Credentials that fail count for the address.
+                            await self._admit(rate_class, request, None)
+                        raise
+                    if limited is None and rate_class and self.rates is not None:
+                        limited = await self._admit(
+                            rate_class, request, request.subject
+                        )
                     request.may_pull = self.auth.pull_check(request.subject)
                     if "name" in params:
                         request.rights = self.auth.policy.allowed(
@@ -410,6 +484,10 @@ class App:
                         )
                 response = await handler(self.registry, request)
             status = response.status
+            if limited is not None:
+                response.headers.extend(
+                    (k.encode(), v.encode()) for k, v in rate_headers(limited).items()
+                )
             bytes_out = await self._send(scope, tracked_send, response)
         except RegistryError as exc:
             status, bytes_out = await self._refuse(scope, send, request, route, exc)
@@ -436,13 +514,103 @@ class App:
                         scope, send,
                         Response(500, [JSON_ERROR], body=internal_error_body()),
                     )  # fmt: skip
+        finally:
+            if in_flight is not None:
+                self._leave(in_flight)
+        self.registry.metrics.observe(
+            _ROUTE_INDEX[route.template if route is not None else "unmatched"],
+            scope["method"], status, time.perf_counter() - started,
+            request.bytes_in, bytes_out,
+        )  # fmt: skip
         if self.log_requests:
             self._log(scope, route, request, status, started, bytes_out)
+
+    def _enter(self, client: str) -> str:
+        """Count a request in flight in this worker; return the key to
+        `_leave` with.
+
+        Raises:
+            Unavailable: the worker handles `server.max_requests_in_flight`.
+            TooManyRequests: this address has its share in flight already.
+        """
+        server = self.registry.config.server
+        key = address_key(client)
+        if self._in_flight >= server.max_requests_in_flight:
+            error = Unavailable(
+                f"the server is handling {self._in_flight} requests, its most "
+                f"(server.max_requests_in_flight); retry in a moment"
+            )
+            error.reason = "in_flight"
+            error.headers["Retry-After"] = "1"
+            raise error
+        mine = self._in_flight_by_address.get(key, 0)
+        if mine >= server.max_requests_in_flight_per_address:
+            error = TooManyRequests(
+                f"client {key} has {mine} requests in flight, its most "
+                "(server.max_requests_in_flight_per_address); wait for some "
+                "to finish"
+            )
+            error.reason = "in_flight"
+            error.headers["Retry-After"] = "1"
+            raise error
+        self._in_flight += 1
+        self._in_flight_by_address[key] = mine + 1
+        self.registry.metrics.in_flight(1)
+        return key
+
+    def _leave(self, key: str) -> None:
+        self.registry.metrics.in_flight(-1)
+        self._in_flight -= 1
+        left = self._in_flight_by_address[key] - 1
+        if left:
+            self._in_flight_by_address[key] = left
+        else:
+            del self._in_flight_by_address[key]
+
+    async def _operator(self, request: Request) -> None:
+        """Let `metrics.allow` addresses in, and admins from anywhere else.
+
+        Raises:
+            Unauthorized: no admin credentials.
+            Denied: not an admin, or authentication is off.
+        """
+        if self._operator_networks and _address_in(
+            request.client, self._operator_networks
+        ):
+            return
+        if self._admin is None:
+            raise Denied(
+                f"{request.client} is not in metrics.allow, and without "
+                "authentication there is no admin to ask instead"
+            )
+        await admin.require_admin(self._admin, request)
+
+    async def _admit(self, rate_class: str, request: Request, subject):
+        """Charge the request to its rate-limit bucket (policy.ratelimit).
+
+        Raises:
+            TooManyRequests: the bucket is empty.
+        """
+        cost = 1
+        if rate_class == "listing":
+            limits = self.registry.config.limits
+            asked = request.query.get("n", "")
+            # The handler refuses a bad n; here it only sets the cost.
+            n = int(asked) if oci.is_number(asked) and len(asked) < 10 else 0
+            n = min(n or limits.page_default_entries, limits.page_max_entries)
+            per = self.registry.config.rate_limits.listing_entries_per_request
+            cost = max(1, -(-n // per))
+        return await self.rates.admit(rate_class, subject, request.client, cost)
 
     async def _refuse(
         self, scope, send, request: Request, route: Route | None, exc: RegistryError
     ) -> tuple[int, int]:
         """Answer with `exc`'s error body; return the status and bytes sent."""
+        reason = exc.reason or next(
+            (name for kind, name in _REFUSAL_REASONS if isinstance(exc, kind)), None
+        )
+        if reason is not None:
+            self.registry.metrics.inc("quaylock_refusals_total", reason=reason)
         await request.drain(DRAIN_MAX_BYTES, DRAIN_TIMEOUT_SECONDS)
         if isinstance(exc, MethodNotAllowed) and route is not None:
             # RFC 9110 §15.5.6: a 405 names the methods that are allowed.
@@ -530,13 +698,9 @@ class App:
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             bytes_in=request.bytes_in,
             bytes_out=bytes_out,
-            client=_client(scope),
+            client=request.client,
             subject=request.subject.label if request.subject is not None else None,
         )
-
-
-def _client(scope) -> str:
-    return (scope.get("client") or ("", 0))[0]
 
 
 def _host(scope, request: Request) -> str:
@@ -551,6 +715,19 @@ def _host(scope, request: Request) -> str:
 _HOST_RE = re.compile(
     r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
 )
+
+
+def _rate_class(route: Route, method: str) -> str | None:
+    """Which rate limit a request counts against (config.RATE_CLASSES);
+    None for the health and metrics routes."""
+    if route.needs is PUBLIC or route.needs is OPERATOR:
+        return None
+    template = route.template
+    if template == "/v2/token":
+        return "token"
+    if template in ("/v2/_catalog", "/v2/{name}/tags/list"):
+        return "listing"
+    return "read" if method in ("GET", "HEAD") else "write"
 
 
 def _disk_full() -> InsufficientStorage:
@@ -581,12 +758,30 @@ def build_app(config: config_mod.Config) -> App:
         )
     driver = FilesystemDriver(str(root))
     store = open_store(config.metadata_url)
-    metrics = Metrics(Path(config.data).resolve() / "metrics")
+    metrics = Metrics(Path(config.data).resolve() / "metrics", ROUTE_TEMPLATES)
     return App(
         Registry(config, driver, store, metrics),
         auth=build_authenticator(config, store),
         log_requests=config.log.requests,
+        rates=build_rate_limiter(config),
     )
+
+
+def build_rate_limiter(config: config_mod.Config) -> RateLimiter | None:
+    """The rate limiter for `config.rate_limits`, or None when they are off.
+    The buckets live in a file every worker maps (policy.ratelimit), and in
+    Redis with backend redis."""
+    if not config.rate_limits.enabled:
+        return None
+    # One worker keeps its buckets in its own memory; several share a
+    # memory-mapped table (a lock per take, which costs system calls).
+    if config.server.workers == 1:
+        buckets = LocalBuckets()
+    else:
+        buckets = SharedBuckets(Path(config.data).resolve() / "ratelimit.table")
+    if config.rate_limits.backend == "redis":
+        buckets = RedisBuckets(config.rate_limits.redis_url, fallback=buckets)
+    return RateLimiter(config.rate_limits, buckets)
 
 
 def build_authenticator(config: config_mod.Config, store) -> Authenticator | None:

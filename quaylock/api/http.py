@@ -39,6 +39,7 @@ class Request:
         "rights",
         "body_timeout",
         "body_min_rate",
+        "client",
     )
 
     def __init__(self, scope: dict, receive, params: dict[str, str]):
@@ -59,6 +60,9 @@ class Request:
         # bytes a second once that long has passed (0: no floor).
         self.body_timeout: float | None = None
         self.body_min_rate = 0
+        # The client's address: the connection's peer, or what a trusted
+        # proxy forwarded (policy.clients).
+        self.client: str = (scope.get("client") or ("", 0))[0]
 
     @property
     def method(self) -> str:
@@ -230,7 +234,7 @@ def actor_of(request: Request) -> Actor:
     subject = request.subject.label if request.subject is not None else "anonymous"
     return Actor(
         subject=subject,
-        client=(request.scope.get("client") or ("", 0))[0],
+        client=request.client,
         user_agent=request.headers.get("user-agent", "")[:200] or None,
         tag_admin=request.rights is None or "tag-admin" in request.rights,
     )

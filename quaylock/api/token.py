@@ -24,7 +24,7 @@ _FORM_MAX_BYTES = 64 * 1024
 
 
 def _client_address(request: Request) -> str:
-    return (request.scope.get("client") or ("", 0))[0]
+    return request.client
 
 
 def _rfc3339(when: float) -> str:

@@ -24,7 +24,7 @@ def owner_of(request: Request) -> Owner:
     return Owner(
         subject=subject.label if subject is not None else "anonymous",
         # IPv6 clients count by their /64, which one host usually holds.
-        client=address_key((request.scope.get("client") or ("", 0))[0]),
+        client=address_key(request.client),
         per_subject=subject is not None,
     )
 

@@ -97,8 +97,8 @@ def serve(args) -> int:
     prepare(config)
 
     from granian import Granian
-    from granian.constants import Interfaces
-    from granian.http import HTTP1Settings
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings, HTTP2Settings
 
     log.event(
         log.logger,
@@ -109,9 +109,23 @@ def serve(args) -> int:
         workers=config.server.workers,
         tls=bool(config.tls.cert),
     )
-    options = {}
+    server_config = config.server
+    _raise_open_files_limit(server_config.max_connections)
+    # Plain HTTP is HTTP/1.1 only: a plaintext HTTP/2 (h2c) connection is
+    # not held to the header read timeout, so a client could keep one open
+    # for nothing. With TLS, clients may negotiate HTTP/2; pings then close
+    # connections whose peer is gone.
+    options: dict = {"http": HTTPModes.http1}
     if config.tls.cert:
-        options = {"ssl_cert": Path(config.tls.cert), "ssl_key": Path(config.tls.key)}
+        options = {
+            "ssl_cert": Path(config.tls.cert),
+            "ssl_key": Path(config.tls.key),
+            "http": HTTPModes.auto,
+            "http2_settings": HTTP2Settings(
+                keep_alive_interval=server_config.header_read_timeout_seconds * 1000,
+                keep_alive_timeout=10,
+            ),
+        }
     formatter = (
         "quaylock.log.JSONFormatter"
         if config.log.format == "json"
@@ -123,9 +137,12 @@ def serve(args) -> int:
         address=config.host,
         port=config.port,
         interface=Interfaces.ASGI,
-        workers=config.server.workers,
+        workers=server_config.workers,
+        # Connections each worker holds open; past them, new ones wait.
+        backpressure=-(-server_config.max_connections // server_config.workers),
         http1_settings=HTTP1Settings(
-            header_read_timeout=config.server.header_read_timeout_seconds * 1000
+            header_read_timeout=server_config.header_read_timeout_seconds * 1000,
+            max_buffer_size=server_config.max_header_bytes,
         ),
         log_access=False,
         log_level=config.log.level,
@@ -150,3 +167,25 @@ def serve(args) -> int:
     )
     server.serve()
     return 0
+
+
+def _raise_open_files_limit(connections: int) -> None:
+    """Each connection is a file descriptor, and so is every blob being
+    read or written: a worker at its descriptor limit stops accepting
+    connections at all. Raise the soft limit toward the hard one, and say
+    so when even that is short."""
+    import resource
+
+    wanted = connections + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.event(
+            log.logger, 30,
+            "open files limit is below server.max_connections plus headroom",
+            limit=target, wanted=wanted,
+        )  # fmt: skip

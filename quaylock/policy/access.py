@@ -95,7 +95,7 @@ def _skip_stars(tokens: tuple, states: set) -> set:
     return states
 
 
-def _subject_matches(selector: str, subject: Subject) -> bool:
+def subject_matches(selector: str, subject: Subject) -> bool:
     if selector == "anonymous":
         return subject.kind == "anonymous"
     kind, _, name = selector.partition(":")
@@ -154,7 +154,7 @@ class AccessPolicy:
     def _from_rules(self, subject: Subject, repository: str) -> set[str]:
         rights: set[str] = set()
         for rule in self.rules:
-            if not any(_subject_matches(s, subject) for s in rule.subjects):
+            if not any(subject_matches(s, subject) for s in rule.subjects):
                 continue
             if any(matches(p, repository) for p in rule.repositories):
                 rights |= ALL_ACTIONS if "*" in rule.actions else set(rule.actions)

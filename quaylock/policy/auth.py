@@ -100,7 +100,7 @@ class Authenticator:
                 return subject
             if subject.kind == "anonymous":
                 raise self._challenge(host, scheme, "registry:catalog:*")
-            raise Denied(f"{subject.label} may not list the catalog")
+            raise _refused(Denied(f"{subject.label} may not list the catalog"))
 
         assert repository is not None
         allowed = self.policy.allowed(subject, repository)
@@ -113,7 +113,7 @@ class Authenticator:
         if need in allowed or subject.kind == "anonymous":
             error = "insufficient_scope" if identity.claims is not None else None
             raise self._challenge(host, scheme, scope, error)
-        raise Denied(f"{subject.label} may not {need} {repository}")
+        raise _refused(Denied(f"{subject.label} may not {need} {repository}"))
 
     def pull_check(self, subject: Subject):
         """A check of `subject`'s pull right by repository name, for
@@ -241,3 +241,9 @@ def decode_basic(value: str) -> tuple[str, str]:
     if not sep:
         raise Unauthorized("malformed Basic credentials")
     return name, password
+
+
+def _refused(error: Denied) -> Denied:
+    """An access refusal, counted as auth rather than policy."""
+    error.reason = "auth"
+    return error

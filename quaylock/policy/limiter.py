@@ -16,6 +16,7 @@ IPv6 addresses count by their /64, since one host usually holds a whole
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -35,7 +36,10 @@ class _Entry:
     last_failure: float = 0.0
 
 
+@functools.lru_cache(maxsize=65536)
 def address_key(address: str) -> str:
+    """The key an address counts under: itself, its IPv4 form when mapped,
+    or its /64 for IPv6. Cached: every request asks."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

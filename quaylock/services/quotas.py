@@ -59,7 +59,7 @@ class QuotaGuard:
             if stored + pending + extra > quota:
                 mine = (own or {}).get(scope, 0)
                 holds = f" (it holds {mine} already)" if mine else ""
-                raise Denied(
+                raise _quota_error(
                     f"{scope} {name} would pass its quota of {quota} bytes "
                     f"({source}): it stores {stored} bytes, other uploads in "
                     f"progress reserve {pending - mine}, and this one needs "
@@ -77,3 +77,9 @@ class QuotaGuard:
                  "quota": quota or None, "setting": source if quota else None}
             )  # fmt: skip
         return report
+
+
+def _quota_error(message: str, detail: dict) -> Denied:
+    error = Denied(message, detail=detail)
+    error.reason = "quota"
+    return error

@@ -193,6 +193,7 @@ class UploadService:
                         f"{limit} (uploads.{setting}): finish or cancel some, or "
                         f"wait up to {limits.idle_seconds} s for idle ones to expire"
                     )
+                    error.reason = "sessions"
                     # The sooner of a minute and the idle time: one may
                     # have expired by then.
                     error.headers["Retry-After"] = str(
@@ -297,6 +298,7 @@ class UploadService:
             "(uploads.staged_max_bytes_per_subject); finish or cancel uploads, "
             "or try again later"
         )
+        error.reason = "staging"
         error.headers["Retry-After"] = _RETRY_SECONDS
         return error
 

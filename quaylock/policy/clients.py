@@ -1,0 +1,104 @@
+"""Who the client is: its address, as far as the server can trust it.
+
+Behind a reverse proxy every connection comes from the proxy, and the
+client's own address is in ``X-Forwarded-For`` or ``Forwarded``. Those
+headers are only as true as the hop that wrote them, so they are read only
+when the connection comes from a configured trusted proxy
+(`server.trusted_proxies`); anyone else could send a new address with every
+request and be a new client each time (to rate limits, session limits and
+login lockouts). Through a chain of proxies, the client is the nearest
+address, reading from the right, that is not itself a trusted proxy: the
+entries left of it were written by the client and prove nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(patterns: Iterable[str]) -> list[Network]:
+    """Parse addresses and CIDR ranges.
+
+    Raises:
+        ValueError: one is neither.
+    """
+    return [ipaddress.ip_network(p, strict=False) for p in patterns]
+
+
+class ClientAddresses:
+    """Args:
+    trusted: the proxies whose forwarding headers are believed.
+    """
+
+    def __init__(self, trusted: list[Network]):
+        self.trusted = trusted
+
+    def trusts(self, peer: str) -> bool:
+        """Whether `peer` is a trusted proxy (whose headers `resolve` reads)."""
+        return bool(self.trusted) and self._is_trusted(peer)
+
+    def resolve(self, peer: str, headers: dict[str, str]) -> str:
+        """The client's address, given the connection's `peer` address and
+        the request's (lower-cased) headers."""
+        if not self.trusts(peer):
+            return peer
+        chain = _forwarded_for(headers)
+        for hop in reversed(chain):
+            if hop is None:
+                # Unreadable: nothing left of it can be believed either.
+                return peer
+            if not self._is_trusted(hop):
+                return hop
+        # Every hop is a trusted proxy: the first is as near as we get.
+        return chain[0] if chain else peer
+
+    def _is_trusted(self, address: str) -> bool:
+        return address_in(address, self.trusted)
+
+
+def address_in(address: str, nets: list[Network]) -> bool:
+    """Whether `address` (IPv4-mapped IPv6 as IPv4) is in one of `nets`."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in nets)
+
+
+def _forwarded_for(headers: dict[str, str]) -> list[str | None]:
+    """The addresses a request passed through, nearest last: from
+    ``Forwarded`` (RFC 7239) when present, else ``X-Forwarded-For``. An
+    entry that is no IP address is None."""
+    forwarded = headers.get("forwarded")
+    if forwarded is not None:
+        found = []
+        for element in forwarded.split(","):
+            value = None
+            for pair in element.split(";"):
+                name, _, raw = pair.strip().partition("=")
+                if name.lower() == "for":
+                    value = _address(raw.strip().strip('"'))
+            found.append(value)
+        return found
+    listed = headers.get("x-forwarded-for")
+    if listed is None:
+        return []
+    return [_address(part.strip()) for part in listed.split(",")]
+
+
+def _address(text: str) -> str | None:
+    """An IP address from a forwarding header entry, which may carry a port
+    (``192.0.2.1:4711``, ``[2001:db8::1]:4711``); None when it is none."""
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None

@@ -1,0 +1,52 @@
+"""Client addresses: forwarding headers count only from trusted proxies."""
+
+from __future__ import annotations
+
+import pytest
+
+from quaylock.policy.clients import ClientAddresses, networks
+
+PROXIES = ClientAddresses(networks(["10.0.0.0/8", "2001:db8:ffff::/48"]))
+
+
+@pytest.mark.parametrize(
+    "peer, headers, client",
+    [
+        # No trusted proxy in the way: the headers are the client's own words.
+        ("192.0.2.7", {"x-forwarded-for": "198.51.100.1"}, "192.0.2.7"),
+        ("192.0.2.7", {"forwarded": "for=198.51.100.1"}, "192.0.2.7"),
+        # One trusted proxy: the address it saw.
+        ("10.1.1.1", {"x-forwarded-for": "198.51.100.1"}, "198.51.100.1"),
+        # The client wrote its own X-Forwarded-For; the proxy appended the
+        # real address: only the rightmost untrusted entry counts.
+        ("10.1.1.1", {"x-forwarded-for": "6.6.6.6, 198.51.100.1"}, "198.51.100.1"),
+        # Two trusted proxies in a row.
+        ("10.1.1.1", {"x-forwarded-for": "198.51.100.1, 10.2.2.2"}, "198.51.100.1"),
+        # Forwarded (RFC 7239) wins over X-Forwarded-For; ports and quotes go.
+        (
+            "10.1.1.1",
+            {
+                "forwarded": 'for="[2001:db8::5]:4711";proto=https, for=10.3.3.3',
+                "x-forwarded-for": "6.6.6.6",
+            },
+            "2001:db8::5",
+        ),  # fmt: skip
+        ("10.1.1.1", {"forwarded": "for=198.51.100.9:8080"}, "198.51.100.9"),
+        # Garbage where an address should be: nothing left of it is believed.
+        ("10.1.1.1", {"x-forwarded-for": "198.51.100.1, unknown"}, "10.1.1.1"),
+        ("10.1.1.1", {"forwarded": "for=_hidden"}, "10.1.1.1"),
+        # A trusted proxy that forwarded nothing.
+        ("10.1.1.1", {}, "10.1.1.1"),
+        # IPv4 seen as IPv4-mapped IPv6 is still the trusted proxy.
+        ("::ffff:10.1.1.1", {"x-forwarded-for": "198.51.100.1"}, "198.51.100.1"),
+        ("2001:db8:ffff::1", {"x-forwarded-for": "2001:db8:1::9"}, "2001:db8:1::9"),
+    ],
+)
+def test_the_client_is_the_nearest_untrusted_hop(peer, headers, client):
+    assert PROXIES.resolve(peer, headers) == client
+
+
+def test_without_trusted_proxies_headers_are_never_read():
+    none = ClientAddresses([])
+    assert not none.trusts("10.1.1.1")
+    assert none.resolve("10.1.1.1", {"x-forwarded-for": "1.2.3.4"}) == "10.1.1.1"

@@ -1,0 +1,180 @@
+"""Rate limits on a running server: per client address without
+credentials, per subject with them, by class of request, with overrides,
+across worker processes and through Redis; forwarding headers buy nothing
+from a client that is no trusted proxy."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.helpers import error_code, push_image, unique_repo
+from tests.test_auth_clients import PASSWORD, add_user
+from tests.test_upload_sessions import bearer
+
+# Five at once, then one a second: a test's requests outrun the refill.
+TIGHT = {"per_minute": 60, "burst": 5}
+
+
+def limits(**classes) -> dict:
+    return {"rate_limits": {"read": TIGHT, **classes}, "auth": {"mode": "none"}}
+
+
+def statuses(client, path: str, count: int, **kwargs) -> list[int]:
+    return [client.get(path, **kwargs).status_code for _ in range(count)]
+
+
+def test_a_client_past_its_burst_gets_429_with_the_headers(make_server):
+    server = make_server(limits())
+    with server.client() as client:
+        first = client.get("/v2/")
+        assert first.headers["ratelimit-limit"] == "5"
+        assert first.headers["ratelimit-remaining"] == "4"
+        assert statuses(client, "/v2/", 4) == [200] * 4
+        refused = client.get("/v2/")
+    assert refused.status_code == 429
+    assert error_code(refused) == "TOOMANYREQUESTS"
+    assert 1 <= int(refused.headers["retry-after"]) <= 2
+    assert refused.headers["ratelimit-remaining"] == "0"
+    message = refused.json()["errors"][0]["message"]
+    assert "client 127.0.0.1 is over the rate limit for read requests" in message
+    assert "60 a minute, 5 at once (rate_limits.read)" in message
+
+
+def test_a_new_forwarded_address_on_every_request_is_still_one_client(make_server):
+    server = make_server(limits())
+    with server.client() as client:
+        seen = [
+            client.get(
+                "/v2/",
+                headers={
+                    "x-forwarded-for": f"198.51.100.{i}",
+                    "forwarded": f"for=203.0.113.{i}",
+                },
+            ).status_code  # fmt: skip
+            for i in range(12)
+        ]
+    assert seen == [200] * 5 + [429] * 7
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit(make_server):
+    server = make_server({**limits(), "server": {"trusted_proxies": ["127.0.0.1/32"]}})
+    with server.client() as client:
+        for i in range(3):
+            forwarded = {"x-forwarded-for": f"198.51.100.{i}"}
+            assert statuses(client, "/v2/", 6, headers=forwarded) == [200] * 5 + [429]
+
+
+def test_writes_and_reads_are_counted_apart(make_server):
+    server = make_server(limits(write={"per_minute": 60, "burst": 2}))
+    repo = unique_repo("rates")
+    with server.client() as client:
+        assert [client.post(f"/v2/{repo}/blobs/uploads/").status_code
+                for _ in range(3)] == [202, 202, 429]  # fmt: skip
+        assert client.get("/v2/").status_code == 200  # reads have their own
+
+
+def test_listings_cost_by_the_page_size_asked_for(make_server):
+    server = make_server(
+        {
+            **limits(listing={"per_minute": 60, "burst": 10}),
+            "rate_limits": {
+                "read": {"per_minute": 0},
+                "listing": {"per_minute": 60, "burst": 10},
+                "listing_entries_per_request": 100,
+            },
+        }  # fmt: skip
+    )
+    repo = unique_repo("pages")
+    with server.client() as client:
+        push_image(client, repo)
+        # A page of 1000 costs ten requests: the whole burst.
+        assert (
+            client.get(f"/v2/{repo}/tags/list", params={"n": 1000}).status_code == 200
+        )
+        refused = client.get(f"/v2/{repo}/tags/list", params={"n": 1})
+        assert refused.status_code == 429
+        assert "listing requests" in refused.text
+        assert client.get(f"/v2/{repo}/manifests/v1").status_code == 200  # a read
+
+
+def test_each_user_has_a_bucket_and_an_override_lifts_one(make_server):
+    server = make_server({
+        "auth": {"mode": "token"},
+        "rate_limits": {"read": TIGHT, "token": {"per_minute": 0},
+                        "overrides": [{"subjects": ["user:bob"], "class": "read",
+                                       "per_minute": 6000, "burst": 100}]},
+    })  # fmt: skip
+    for name in ("alice", "bob"):
+        add_user(server, name)
+    alice = bearer(server, ("alice", PASSWORD["alice"]), "alice/app")
+    bob = bearer(server, ("bob", PASSWORD["bob"]), "bob/app")
+    with server.client() as client:
+        assert statuses(client, "/v2/", 6, headers=alice) == [200] * 5 + [429]
+        refused = client.get("/v2/", headers=alice)
+        assert "alice is over the rate limit" in refused.text
+        # Another user from the same address is not held up by alice.
+        assert statuses(client, "/v2/", 20, headers=bob) == [200] * 20
+
+
+def test_logins_count_per_address_before_the_password_is_checked(make_server):
+    server = make_server({"auth": {"mode": "token"},
+                          "rate_limits": {"token": {"per_minute": 60, "burst": 3}}})  # fmt: skip
+    add_user(server, "alice")
+    with server.client() as client:
+        wrong = [
+            client.get("/v2/token", params={"service": "quaylock"},
+                       auth=("alice", f"guess-{i}")).status_code
+            for i in range(5)
+        ]  # fmt: skip
+    assert wrong == [401, 401, 401, 429, 429]
+
+
+def _count_allowed(server, count: int) -> int:
+    """Requests on fresh connections, so that several workers share them."""
+    host, port = server.host.rsplit(":", 1)
+    allowed = 0
+    for _ in range(count):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head = sock.recv(4096)
+        allowed += head.startswith(b"HTTP/1.1 200")
+    return allowed
+
+
+def test_limits_hold_across_worker_processes(make_server):
+    server = make_server({**limits(read={"per_minute": 60, "burst": 10}),
+                          "server": {"workers": 2}})  # fmt: skip
+    # 40 requests in well under a second: ten, and at most one refill.
+    assert 10 <= _count_allowed(server, 40) <= 11
+
+
+def test_limits_hold_through_redis_across_servers(make_server, redis_url):
+    # Two servers (two replicas) sharing one Redis, with a key space of
+    # this test's own: together they allow one burst.
+    settings = {
+        **limits(read={"per_minute": 60, "burst": 10}),
+        "rate_limits": {"backend": "redis", "redis_url": redis_url,
+                        "read": {"per_minute": 60, "burst": 10}},
+    }  # fmt: skip
+    first, second = make_server(settings), make_server(settings)
+    allowed = _count_allowed(first, 15) + _count_allowed(second, 15)
+    assert 10 <= allowed <= 11
+
+
+@pytest.fixture
+def redis_url():
+    """The Redis on 127.0.0.1:6379 (.ci/run starts it), on a database no
+    other test uses, emptied before and after."""
+    redis = pytest.importorskip("redis")
+    url = "redis://127.0.0.1:6379/7"
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail("no Redis on 127.0.0.1:6379: .ci/run starts one")
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()

@@ -1,0 +1,95 @@
+"""The rate-limit buckets on their own: the GCRA's arithmetic, and buckets
+in shared memory that several processes charge together."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from quaylock.policy.ratelimit import LocalBuckets, Rate, SharedBuckets, gcra
+
+
+def test_a_burst_passes_then_the_rate_holds():
+    rate = Rate(per_second=10, burst=5)
+    tat, now, verdicts = 0.0, 100.0, []
+    for _ in range(7):
+        tat, verdict = gcra(tat, now, rate, 1)
+        verdicts.append(verdict)
+    assert [v.allowed for v in verdicts] == [True] * 5 + [False] * 2
+    assert [v.remaining for v in verdicts[:5]] == [4, 3, 2, 1, 0]
+    refused = verdicts[5]
+    assert refused.retry_after == pytest.approx(0.1)
+    assert refused.reset == pytest.approx(0.5)
+    # A tenth of a second later one more request passes, and only one.
+    tat, verdict = gcra(tat, now + 0.1, rate, 1)
+    assert verdict.allowed
+    assert not gcra(tat, now + 0.1, rate, 1)[1].allowed
+
+
+def test_a_costly_request_takes_several_tokens_and_never_more_than_the_burst():
+    rate = Rate(per_second=1, burst=10)
+    tat, verdict = gcra(0.0, 50.0, rate, 8)
+    assert verdict.allowed and verdict.remaining == 2
+    tat, verdict = gcra(tat, 50.0, rate, 3)
+    assert not verdict.allowed and verdict.retry_after == pytest.approx(1.0)
+    assert not gcra(0.0, 50.0, rate, 11)[1].allowed
+
+
+def _charge(path, times: int, out) -> None:
+    buckets = SharedBuckets(path, slots=1024, clock=lambda: 1000.0)
+    out.put(
+        sum(buckets.take_now("user:eve", Rate(0.001, 50)).allowed for _ in range(times))
+    )
+
+
+def test_shared_buckets_hold_across_processes(tmp_path):
+    path = tmp_path / "rate.table"
+    SharedBuckets(path, slots=1024).close()
+    out = multiprocessing.get_context("fork").Queue()
+    workers = [
+        multiprocessing.get_context("fork").Process(
+            target=_charge, args=(path, 40, out)
+        )
+        for _ in range(3)
+    ]
+    for w in workers:
+        w.start()
+    allowed = [out.get(timeout=30) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+    assert sum(allowed) == 50  # 120 asked for; the burst is 50 in all
+
+
+def test_keys_are_apart_and_a_refilled_bucket_frees_its_slot(tmp_path):
+    now = [0.0]
+    buckets = SharedBuckets(tmp_path / "t", slots=16, clock=lambda: now[0])
+    rate = Rate(per_second=1, burst=1)
+    assert buckets.take_now("a", rate).allowed
+    assert not buckets.take_now("a", rate).allowed
+    assert buckets.take_now("b", rate).allowed  # another key, its own bucket
+    # Far more keys than slots: each still gets its first request.
+    assert all(buckets.take_now(f"k{i}", rate).allowed for i in range(100))
+    now[0] += 2
+    assert buckets.take_now("a", rate).allowed
+
+
+def test_a_table_of_another_size_starts_afresh(tmp_path):
+    path = tmp_path / "t"
+    first = SharedBuckets(path, slots=16, clock=lambda: 5.0)
+    assert first.take_now("a", Rate(1, 1)).allowed
+    first.close()
+    again = SharedBuckets(path, slots=32, clock=lambda: 5.0)
+    assert again.take_now("a", Rate(1, 1)).allowed
+
+
+def test_local_buckets_forget_the_least_recently_used_key_first():
+    now = [0.0]
+    buckets = LocalBuckets(keys=2, clock=lambda: now[0])
+    rate = Rate(per_second=1, burst=1)
+    assert buckets.take_now("a", rate).allowed
+    assert buckets.take_now("b", rate).allowed
+    assert not buckets.take_now("a", rate).allowed  # a is used again: kept
+    assert buckets.take_now("c", rate).allowed  # b goes
+    assert not buckets.take_now("a", rate).allowed
+    assert buckets.take_now("b", rate).allowed  # forgotten: a full bucket
