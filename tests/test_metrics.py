@@ -171,6 +171,8 @@ def test_requests_are_counted_by_route_template_with_latency_and_refusals(
     uploads = 'route="/v2/{name}/blobs/uploads/{upload_id}"'
     assert samples[f"quaylock_http_request_bytes_total{{{uploads}}}"] == len(b"counted")
     assert samples["quaylock_http_requests_in_flight"] == 0  # scrapes are not counted
+    # push_blob finished its session; the POSTs that got 202 left theirs open.
+    assert samples["quaylock_uploads_open"] == posts.count(202)
 
 
 def test_metrics_are_for_allowed_addresses_and_admins(make_server):

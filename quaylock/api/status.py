@@ -21,6 +21,7 @@ async def metrics(registry: Registry, request: Request) -> Response:
     (pending,) = registry.store.read_one(
         "SELECT count(*) FROM holds WHERE state = 'pending'"
     )
+    (open_uploads,) = registry.store.read_one("SELECT count(*) FROM uploads")
     free, headroom = registry.uploads.disk_headroom()
     body = registry.metrics.render(
         {
@@ -35,6 +36,10 @@ async def metrics(registry: Registry, request: Request) -> Response:
             "quaylock_disk_floor_reached": (
                 "1 while free space is at the floor and uploads are refused.",
                 int(headroom <= 0),
+            ),
+            "quaylock_uploads_open": (
+                "Upload sessions open (expired ones until the purge takes them).",
+                open_uploads,
             ),
             "quaylock_uploads_staged_bytes": (
                 "Bytes staged or reserved by open upload sessions.",
