@@ -221,3 +221,23 @@ def test_odd_account_input_is_a_400_naming_the_field(registry, path, body, words
         assert refused.status_code == 400, refused.text
         assert error_code(refused) == "BAD_REQUEST"
         assert words in refused.json()["errors"][0]["message"]
+
+
+def test_user_and_robot_lists_come_in_pages(registry):
+    with registry.client() as client:
+        for i in range(5):
+            created = client.post("/admin/v1/users", auth=ADMIN, json={
+                "name": f"pager{i}", "password": f"pager-pass-{i}x"})  # fmt: skip
+            assert created.status_code == 201, created.text
+        seen, url = [], "/admin/v1/users?n=2"
+        while url:
+            page = client.get(url, auth=ADMIN)
+            assert page.status_code == 200
+            assert len(page.json()) <= 2
+            seen += [u["name"] for u in page.json()]
+            link = page.headers.get("link")
+            url = link[1 : link.index(">")] if link else None
+        assert seen == sorted(seen) and {f"pager{i}" for i in range(5)} <= set(seen)
+        assert len(seen) == len(set(seen))
+        bad = client.get("/admin/v1/users?n=x", auth=ADMIN)
+        assert bad.status_code == 400

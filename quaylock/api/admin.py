@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from quaylock import oci
-from quaylock.api.http import JSON, Request, Response, actor_of
+from quaylock.api.http import JSON, Request, Response, actor_of, header
 from quaylock.errors import BadRequest, Denied, Unauthorized
 from quaylock.policy.accounts import ACTOR, Subject
 from quaylock.policy.auth import Authenticator, decode_basic
@@ -101,6 +102,19 @@ async def _body(request: Request) -> dict:
     return body
 
 
+def _listed(services: Services, request: Request, path: str, lister) -> Response:
+    """One page of a list, by name: `n` (capped like the catalog's) and
+    `last`, with a Link header to the next page as the catalog does."""
+    size = services.registry.page_size(request.query.get("n"))
+    last = request.query.get("last") or ""
+    items = lister(size + 1, last)
+    response = _json(200, items[:size])
+    if len(items) > size and size:
+        query = urlencode({"n": size, "last": items[size - 1]["name"]})
+        response.headers.append(header("link", f'<{path}?{query}>; rel="next"'))
+    return response
+
+
 def _json(status: int, value) -> Response:
     return Response(status, [JSON], body=json.dumps(value).encode())
 
@@ -132,8 +146,9 @@ def _password(body: dict, required: bool = False) -> str | None:
 
 async def list_users(services: Services, request: Request) -> Response:
     await require_admin(services, request)
-    auth = services.auth
-    return _json(200, auth.accounts.list_users())
+    return _listed(
+        services, request, "/admin/v1/users", services.auth.accounts.list_users
+    )
 
 
 async def create_user(services: Services, request: Request) -> Response:
@@ -177,8 +192,9 @@ async def delete_user(services: Services, request: Request) -> Response:
 
 async def list_robots(services: Services, request: Request) -> Response:
     await require_admin(services, request)
-    auth = services.auth
-    return _json(200, auth.accounts.list_robots())
+    return _listed(
+        services, request, "/admin/v1/robots", services.auth.accounts.list_robots
+    )
 
 
 async def create_robot(services: Services, request: Request) -> Response:

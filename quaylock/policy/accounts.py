@@ -229,9 +229,12 @@ class Accounts:
 
     # Managing accounts
 
-    def list_users(self) -> list[dict]:
+    def list_users(self, limit: int = -1, after: str = "") -> list[dict]:
+        """Users by name, after `after`, at most `limit` (-1: all)."""
         rows = self.store.read_all(
-            "SELECT name, admin, disabled, created_at FROM users ORDER BY name"
+            "SELECT name, admin, disabled, created_at FROM users WHERE name > ? "
+            "ORDER BY name LIMIT ?",
+            (after, limit),
         )
         result = []
         for name, admin, disabled, created_at in rows:
@@ -454,10 +457,12 @@ class Accounts:
 
         await self._write(write, "robot.revoke", f"robot {full}")
 
-    def list_robots(self) -> list[dict]:
+    def list_robots(self, limit: int = -1, after: str = "") -> list[dict]:
+        """Robots by name, after `after`, at most `limit` (-1: all)."""
         rows = self.store.read_all(
             "SELECT name, owner, grants, expires_at, revoked_at, created_at "
-            "FROM robots ORDER BY name"
+            "FROM robots WHERE name > ? ORDER BY name LIMIT ?",
+            (after, limit),
         )
         return [
             {

@@ -531,6 +531,14 @@ class Registry:
         )
         return body, next_last
 
+    def page_size(self, n: str | None) -> int:
+        """The page size a request's `n` asks for, capped.
+
+        Raises:
+            PaginationInvalid: `n` is not a whole number.
+        """
+        return self._page_size(n)
+
     def _page_size(self, n: str | None) -> int:
         cap = self.config.limits.page_max_entries
         if n is None or n == "":
