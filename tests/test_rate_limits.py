@@ -178,3 +178,12 @@ def redis_url():
     yield url
     client.flushdb()
     client.close()
+
+
+def test_a_refused_login_challenge_still_says_what_is_left(make_server):
+    server = make_server({"auth": {"mode": "token"}})
+    with server.client() as client:
+        challenged = client.get("/v2/")
+    assert challenged.status_code == 401
+    assert challenged.headers["ratelimit-limit"] == "1000"
+    assert int(challenged.headers["ratelimit-remaining"]) == 999

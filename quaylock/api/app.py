@@ -396,6 +396,7 @@ class App:
         bytes_out = 0
         sent_start = False
         in_flight = None
+        limited = None  # the rate-limit verdict, once the request was charged
 
         async def tracked_send(message):
             nonlocal sent_start
@@ -432,7 +433,6 @@ class App:
             rate_class = _rate_class(route, scope["method"])
             if rate_class is not None:
                 in_flight = self._enter(request.client)
-            limited = None
             if (
                 rate_class is not None
                 and self.rates is not None
@@ -490,6 +490,11 @@ class App:
                 )
             bytes_out = await self._send(scope, tracked_send, response)
         except RegistryError as exc:
+            if limited is not None:
+                # A refusal after the request was charged (a 401, say)
+                # still tells the client how much it has left.
+                for name, value in rate_headers(limited).items():
+                    exc.headers.setdefault(name, value)
             status, bytes_out = await self._refuse(scope, send, request, route, exc)
         except ClientDisconnected:
             status = 499
