@@ -230,10 +230,13 @@ class ServerConfig:
     # connection stays open.
     body_timeout_seconds: int = 60
     body_min_bytes_per_second: int = 1024
-    # Reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For or
-    # Forwarded header names the client; from anyone else those headers
-    # are ignored.
+    # Reverse proxies (addresses or CIDR ranges) whose forwarding header
+    # names the client; from anyone else it is ignored.
     trusted_proxies: list = field(default_factory=list)
+    # Which header the trusted proxies set: "x-forwarded-for" or
+    # "forwarded". Only that one is read: a proxy passes the other through
+    # from the client, who could write anything in it.
+    forwarded_header: str = "x-forwarded-for"
 
 
 def _loopback() -> list:
@@ -524,6 +527,11 @@ def _check(config: Config) -> None:
         networks(config.metrics.allow)
     except ValueError as exc:
         raise ConfigError(f"metrics.allow: {exc}") from None
+    if config.server.forwarded_header not in ("x-forwarded-for", "forwarded"):
+        raise ConfigError(
+            "server.forwarded_header: expected x-forwarded-for or forwarded, got "
+            f"{config.server.forwarded_header!r}"
+        )
     if not isinstance(config.server.trusted_proxies, list) or not all(
         isinstance(p, str) for p in config.server.trusted_proxies
     ):
@@ -648,6 +656,11 @@ def _rate_override(i: int, raw) -> dict:
         except ValueError as exc:
             raise ConfigError(f"{where}.addresses: {exc}") from None
     rate_class = raw.get("class", "*")
+    if kinds[0] == "subjects" and rate_class == "token":
+        raise ConfigError(
+            f"{where}: logins count per client address, before anyone is "
+            "known: select them by addresses, not subjects"
+        )
     if rate_class not in (*RATE_CLASSES, "*"):
         raise ConfigError(
             f"{where}.class: expected one of {', '.join(RATE_CLASSES)} or *, "

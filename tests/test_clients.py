@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from quaylock.policy.clients import ClientAddresses, networks
+from quaylock.policy.clients import UNKNOWN, ClientAddresses, networks
 
-PROXIES = ClientAddresses(networks(["10.0.0.0/8", "2001:db8:ffff::/48"]))
+TRUSTED = networks(["10.0.0.0/8", "2001:db8:ffff::/48"])
+PROXIES = ClientAddresses(TRUSTED)  # X-Forwarded-For, the default
+RFC_PROXIES = ClientAddresses(TRUSTED, "forwarded")
 
 
 @pytest.mark.parametrize(
@@ -22,19 +24,15 @@ PROXIES = ClientAddresses(networks(["10.0.0.0/8", "2001:db8:ffff::/48"]))
         ("10.1.1.1", {"x-forwarded-for": "6.6.6.6, 198.51.100.1"}, "198.51.100.1"),
         # Two trusted proxies in a row.
         ("10.1.1.1", {"x-forwarded-for": "198.51.100.1, 10.2.2.2"}, "198.51.100.1"),
-        # Forwarded (RFC 7239) wins over X-Forwarded-For; ports and quotes go.
+        # Garbage where an address should be: nothing left of it is believed,
+        # and the client is not taken for the proxy.
+        ("10.1.1.1", {"x-forwarded-for": "198.51.100.1, unknown"}, UNKNOWN),
+        # The client's own Forwarded header is not what this proxy sets.
         (
             "10.1.1.1",
-            {
-                "forwarded": 'for="[2001:db8::5]:4711";proto=https, for=10.3.3.3',
-                "x-forwarded-for": "6.6.6.6",
-            },
-            "2001:db8::5",
+            {"x-forwarded-for": "198.51.100.1", "forwarded": "for=127.0.0.1"},
+            "198.51.100.1",
         ),  # fmt: skip
-        ("10.1.1.1", {"forwarded": "for=198.51.100.9:8080"}, "198.51.100.9"),
-        # Garbage where an address should be: nothing left of it is believed.
-        ("10.1.1.1", {"x-forwarded-for": "198.51.100.1, unknown"}, "10.1.1.1"),
-        ("10.1.1.1", {"forwarded": "for=_hidden"}, "10.1.1.1"),
         # A trusted proxy that forwarded nothing.
         ("10.1.1.1", {}, "10.1.1.1"),
         # IPv4 seen as IPv4-mapped IPv6 is still the trusted proxy.
@@ -50,3 +48,23 @@ def test_without_trusted_proxies_headers_are_never_read():
     none = ClientAddresses([])
     assert not none.trusts("10.1.1.1")
     assert none.resolve("10.1.1.1", {"x-forwarded-for": "1.2.3.4"}) == "10.1.1.1"
+
+
+@pytest.mark.parametrize(
+    "headers, client",
+    [
+        # Ports and quotes go; the client's X-Forwarded-For is ignored.
+        (
+            {
+                "forwarded": 'for="[2001:db8::5]:4711";proto=https, for=10.3.3.3',
+                "x-forwarded-for": "6.6.6.6",
+            },
+            "2001:db8::5",
+        ),  # fmt: skip
+        ({"forwarded": "for=198.51.100.9:8080"}, "198.51.100.9"),
+        ({"forwarded": "for=_hidden"}, UNKNOWN),
+        ({"x-forwarded-for": "198.51.100.1"}, "10.1.1.1"),
+    ],
+)
+def test_a_proxy_that_sets_forwarded_is_read_from_that_header_only(headers, client):
+    assert RFC_PROXIES.resolve("10.1.1.1", headers) == client

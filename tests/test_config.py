@@ -86,3 +86,13 @@ def test_environment_value_that_is_not_yaml_is_a_config_error():
         config.load(None, env={"QUAYLOCK_LISTEN": "[::1]:5000"})
     quoted = config.load(None, env={"QUAYLOCK_LISTEN": '"[::1]:5000"'})
     assert (quoted.host, quoted.port) == ("::1", 5000)
+
+
+def test_a_token_override_by_subject_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "rate_limits:\n  overrides:\n"
+        "    - {subjects: ['robot:ci-*'], class: token, per_minute: 0}\n"
+    )
+    with pytest.raises(config.ConfigError, match="select them by addresses"):
+        config.load(path, env={})

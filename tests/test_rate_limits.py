@@ -187,3 +187,86 @@ def test_a_refused_login_challenge_still_says_what_is_left(make_server):
     assert challenged.status_code == 401
     assert challenged.headers["ratelimit-limit"] == "1000"
     assert int(challenged.headers["ratelimit-remaining"]) == 999
+
+
+def test_an_override_that_lifts_a_limit_needs_no_burst(make_server):
+    server = make_server({
+        **limits(),
+        "server": {"trusted_proxies": ["127.0.0.1/32"]},
+        "rate_limits": {"read": TIGHT, "overrides": [
+            {"addresses": ["10.20.0.0/16"], "per_minute": 0}]},
+    })  # fmt: skip
+    office = {"x-forwarded-for": "10.20.9.9"}
+    with server.client() as client:
+        assert statuses(client, "/v2/", 20, headers=office) == [200] * 20
+
+
+def test_parallel_logins_with_the_right_password_lock_nobody_out(make_server):
+    import concurrent.futures
+    import threading
+
+    server = make_server({"auth": {"mode": "token", "lockout_failures": 5}})
+    add_user(server, "alice")
+    start = threading.Barrier(16, timeout=30)
+
+    def login(_: int) -> int:
+        with server.client() as client:
+            start.wait()
+            return client.get(
+                "/v2/token", params={"service": "quaylock"},
+                auth=("alice", PASSWORD["alice"]),
+            ).status_code  # fmt: skip
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(login, range(16), timeout=120)) == [200] * 16
+    with server.client() as client:
+        after = client.get("/v2/token", params={"service": "quaylock"},
+                           auth=("alice", PASSWORD["alice"]))  # fmt: skip
+        assert after.status_code == 200, after.text
+
+
+def test_the_first_challenge_of_a_pull_is_not_a_refusal(make_server):
+    server = make_server({"auth": {"mode": "token"}})
+    with server.client() as client:
+        assert client.get("/v2/").status_code == 401
+        assert client.get("/v2/", auth=("nobody", "wrong-password")).status_code == 401
+        metrics = client.get("/metrics").text
+    assert 'quaylock_refusals_total{reason="auth"} 1' in metrics
+
+
+def test_refusals_count_too_whoever_sends_them(make_server):
+    # A subject refused the repository (403), and requests for no route at
+    # all (404), cost like any other request: floods of them are limited.
+    server = make_server({
+        "auth": {"mode": "token"},
+        "rate_limits": {"read": TIGHT},
+    })  # fmt: skip
+    add_user(server, "alice")
+    add_user(server, "bob")
+    bob = bearer(server, ("bob", PASSWORD["bob"]), "alice/app")
+    with server.client() as client:
+        refused = statuses(client, "/v2/alice/app/manifests/latest", 7, headers=bob)
+        assert refused == [403] * 5 + [429] * 2
+    other = make_server(limits())
+    with other.client() as client:
+        assert statuses(client, "/nowhere", 7) == [404] * 5 + [429] * 2
+
+
+def test_a_page_size_written_with_leading_zeros_costs_the_same(make_server):
+    server = make_server({"auth": {"mode": "none"}, "rate_limits": {
+        "read": {"per_minute": 0}, "listing": {"per_minute": 60, "burst": 10}}})  # fmt: skip
+    repo = unique_repo("zeros")
+    with server.client() as client:
+        push_image(client, repo)
+        first = client.get(f"/v2/{repo}/tags/list", params={"n": "0000000001000"})
+        assert first.status_code == 200
+        assert client.get(f"/v2/{repo}/tags/list", params={"n": 1}).status_code == 429
+
+
+def test_an_unreachable_redis_leaves_each_server_its_own_limits(make_server):
+    # Nothing listens on port 9 of loopback (discard is not served here).
+    server = make_server({**limits(), "rate_limits": {
+        "backend": "redis", "redis_url": "redis://127.0.0.1:9/0", "read": TIGHT}})  # fmt: skip
+    with server.client() as client:
+        assert statuses(client, "/v2/", 7) == [200] * 5 + [429] * 2
+    assert "redis unreachable" in server.log()

@@ -203,3 +203,23 @@ def test_requests_in_flight_are_limited_per_address(make_server):
             thread.join(30)
     with server.client() as client:
         assert client.get("/v2/").status_code == 200  # the slots are back
+
+
+def test_a_worker_that_dies_is_started_again(make_server):
+    import os
+    import signal
+
+    server = make_server({"auth": {"mode": "none"}, "server": {"workers": 2}})
+    first = server.worker_pids()
+    assert len(first) == 2
+    os.kill(first[0], signal.SIGKILL)  # a worker of the server this test started
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = server.worker_pids()
+        if len(now) == 2 and first[0] not in now:
+            break
+        time.sleep(0.5)
+    assert len(server.worker_pids()) == 2 and first[0] not in server.worker_pids()
+    for _ in range(10):  # on fresh connections, so both workers answer
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/v2/").status_code == 200

@@ -307,7 +307,9 @@ class App:
             min(config.server.body_timeout_seconds, config.uploads.idle_seconds)
         )
         self._body_min_rate = config.server.body_min_bytes_per_second
-        self.clients = ClientAddresses(networks(config.server.trusted_proxies))
+        self.clients = ClientAddresses(
+            networks(config.server.trusted_proxies), config.server.forwarded_header
+        )
         self._operator_networks = networks(config.metrics.allow)
         # Requests in flight in this worker, in all and by client address.
         self._in_flight = 0
@@ -468,10 +470,11 @@ class App:
                             route.needs[scope["method"]],
                             params.get("name"),
                         )
-                    except Unauthorized:
+                    except (Unauthorized, Denied):
                         if limited is None and rate_class and self.rates is not None:
-                            # Credentials that fail count for the address.
-                            await self._admit(rate_class, request, None)
+                            # Credentials that fail, and subjects refused
+                            # the repository, count for the address.
+                            limited = await self._admit(rate_class, request, None)
                         raise
                     if limited is None and rate_class and self.rates is not None:
                         limited = await self._admit(
@@ -490,6 +493,24 @@ class App:
                 )
             bytes_out = await self._send(scope, tracked_send, response)
         except RegistryError as exc:
+            if (
+                limited is None
+                and self.rates is not None
+                and not (
+                    route is not None
+                    and (route.needs is PUBLIC or route.needs is OPERATOR)
+                )
+                and not isinstance(exc, TooManyRequests)
+            ):
+                # Refused before it was charged (no such route, a bad name):
+                # it still counts for the address.
+                try:
+                    limited = await self._admit(
+                        "read" if scope["method"] in ("GET", "HEAD") else "write",
+                        request, None,
+                    )  # fmt: skip
+                except TooManyRequests as refused:
+                    exc = refused
             if limited is not None:
                 # A refusal after the request was charged (a 401, say)
                 # still tells the client how much it has left.
@@ -601,7 +622,7 @@ class App:
             limits = self.registry.config.limits
             asked = request.query.get("n", "")
             # The handler refuses a bad n; here it only sets the cost.
-            n = int(asked) if oci.is_number(asked) and len(asked) < 10 else 0
+            n = int(asked) if oci.is_number(asked) else 0
             n = min(n or limits.page_default_entries, limits.page_max_entries)
             per = self.registry.config.rate_limits.listing_entries_per_request
             cost = max(1, -(-n // per))
@@ -614,6 +635,9 @@ class App:
         reason = exc.reason or next(
             (name for kind, name in _REFUSAL_REASONS if isinstance(exc, kind)), None
         )
+        if isinstance(exc, Unauthorized) and "authorization" not in request.headers:
+            # The challenge every client gets first, not a refusal.
+            reason = None
         if reason is not None:
             self.registry.metrics.inc("quaylock_refusals_total", reason=reason)
         await request.drain(DRAIN_MAX_BYTES, DRAIN_TIMEOUT_SECONDS)

@@ -163,6 +163,9 @@ def serve(args) -> int:
             },
         },
         workers_kill_timeout=config.server.shutdown_grace_seconds,
+        # A worker that dies (killed for memory, say) is started again
+        # rather than taking the whole server down with it.
+        respawn_failed_workers=True,
         **options,
     )
     server.serve()

@@ -31,7 +31,7 @@ from quaylock.errors import (
 from quaylock.metadata import audit
 from quaylock.metadata.store import SQLiteStore
 from quaylock.policy import passwords
-from quaylock.policy.limiter import LoginLimiter
+from quaylock.policy.limiter import LoginBusy, LoginLimiter
 
 _SUBJECT_CACHE_MAX = 10_000
 USER_NAME_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
@@ -100,16 +100,30 @@ class Accounts:
             Unauthorized: the name or the secret is wrong (one message for
                 both, so names cannot be probed).
         """
-        wait = self.limiter.locked_for(name, address)
-        if wait > 0:
+        self._refuse_if_locked(name, address)
+        # Checks under way count against the lock until they end, so that
+        # parallel guesses cannot all pass it (see limiter).
+        try:
+            async with self.limiter.turn(name, address):
+                subject = await self._check(name, secret, address)
+        except LoginBusy:
             error = TooManyRequests(
-                f"too many failed logins from this address; try again in {int(wait) + 1} s"
+                "too many logins at once from this address; try again in a moment"
             )
-            error.headers["retry-after"] = str(int(wait) + 1)
-            raise error
-        # Charged before any wait or check, given back on success: guesses
-        # sent in parallel must not all pass the lock (see limiter).
-        self.limiter.failed(name, address)
+            error.reason = "auth"
+            error.headers["retry-after"] = "1"
+            raise error from None
+        self.limiter.succeeded(name, address)
+        return subject
+
+    async def _check(self, name: str, secret: str, address: str) -> Subject:
+        """The password check itself, in the caller's turn.
+
+        Raises:
+            TooManyRequests: the key was locked while this login waited.
+            Unauthorized: wrong name or secret (counted as a failure).
+        """
+        self._refuse_if_locked(name, address)
         delay = self.limiter.delay_for(name, address)
         if delay:
             await asyncio.sleep(delay)
@@ -118,9 +132,21 @@ class Accounts:
         else:
             subject = await self._check_user(name, secret)
         if subject is None:
+            self.limiter.failed(name, address)
             raise Unauthorized("invalid username or password")
-        self.limiter.succeeded(name, address)
         return subject
+
+    def _refuse_if_locked(self, name: str, address: str) -> None:
+        """Raises:
+        TooManyRequests: the address, or the account from it, is locked."""
+        wait = self.limiter.locked_for(name, address)
+        if wait > 0:
+            error = TooManyRequests(
+                f"too many failed logins from this address; try again in {int(wait) + 1} s"
+            )
+            error.reason = "auth"
+            error.headers["retry-after"] = str(int(wait) + 1)
+            raise error
 
     def credential_version(self, name: str) -> str | None:
         """What changes when a user's password or a robot's secret does:

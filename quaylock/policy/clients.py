@@ -28,13 +28,21 @@ def networks(patterns: Iterable[str]) -> list[Network]:
     return [ipaddress.ip_network(p, strict=False) for p in patterns]
 
 
+# What a client is called when the forwarded chain cannot be read: one
+# name for all of them, never the proxy's (which may be allowed more).
+UNKNOWN = "unknown"
+
+
 class ClientAddresses:
     """Args:
-    trusted: the proxies whose forwarding headers are believed.
+    trusted: the proxies whose forwarding header is believed.
+    header: that header, ``x-forwarded-for`` or ``forwarded``; the other is
+        ignored (a proxy passes it through from the client).
     """
 
-    def __init__(self, trusted: list[Network]):
+    def __init__(self, trusted: list[Network], header: str = "x-forwarded-for"):
         self.trusted = trusted
+        self.header = header
 
     def trusts(self, peer: str) -> bool:
         """Whether `peer` is a trusted proxy (whose headers `resolve` reads)."""
@@ -45,11 +53,12 @@ class ClientAddresses:
         the request's (lower-cased) headers."""
         if not self.trusts(peer):
             return peer
-        chain = _forwarded_for(headers)
+        chain = _forwarded_for(headers, self.header)
         for hop in reversed(chain):
             if hop is None:
-                # Unreadable: nothing left of it can be believed either.
-                return peer
+                # Unreadable: nothing left of it can be believed either, and
+                # the client must not pass for the proxy.
+                return UNKNOWN
             if not self._is_trusted(hop):
                 return hop
         # Every hop is a trusted proxy: the first is as near as we get.
@@ -70,12 +79,14 @@ def address_in(address: str, nets: list[Network]) -> bool:
     return any(ip in network for network in nets)
 
 
-def _forwarded_for(headers: dict[str, str]) -> list[str | None]:
-    """The addresses a request passed through, nearest last: from
-    ``Forwarded`` (RFC 7239) when present, else ``X-Forwarded-For``. An
-    entry that is no IP address is None."""
-    forwarded = headers.get("forwarded")
-    if forwarded is not None:
+def _forwarded_for(headers: dict[str, str], header: str) -> list[str | None]:
+    """The addresses a request passed through, nearest last, from `header`
+    (``forwarded`` as RFC 7239 writes it, or ``x-forwarded-for``). An entry
+    that is no IP address is None."""
+    if header == "forwarded":
+        forwarded = headers.get("forwarded")
+        if forwarded is None:
+            return []
         found = []
         for element in forwarded.split(","):
             value = None

@@ -6,9 +6,14 @@ let anyone lock its owner out. After a few failures each further attempt
 waits longer; past `limit` failures the key is locked for `lock_seconds`
 and refused without a password check (so a flood costs no hashing).
 
-A login is charged as a failure before its password is checked, and given
-back if it succeeds: guesses sent in parallel, all waiting for their hash,
-would otherwise all pass the check before any failure was counted.
+Only failures count. So that guesses sent in parallel cannot all pass the
+lock check before any of them has failed, the checks under way for an
+address count as failures-to-be while they run: a check starts only while
+failures and checks under way together stay below `limit`; others wait
+their turn (in this process) and look at the lock again when it comes.
+Parallel logins with the right password only queue for a moment:
+charging every login as a failure until it succeeded locked out ten CI
+jobs starting together behind one address.
 
 IPv6 addresses count by their /64, since one host usually holds a whole
 /64 and could rotate through it.
@@ -16,6 +21,8 @@ IPv6 addresses count by their /64, since one host usually holds a whole
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import ipaddress
 import time
@@ -27,6 +34,8 @@ _MAX_KEYS = 100_000
 # Failures that pass without delay; each one after doubles the delay.
 _FREE_FAILURES = 3
 _DELAY_CAP_SECONDS = 2.0
+# How long a login waits for its turn before it is refused (429).
+_TURN_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -51,6 +60,10 @@ def address_key(address: str) -> str:
     return str(ip)
 
 
+class LoginBusy(Exception):
+    """A login waited too long for its turn to be checked."""
+
+
 class LoginLimiter:
     """In-process counters.
 
@@ -68,6 +81,58 @@ class LoginLimiter:
         self.lock_seconds = lock_seconds
         self.clock = clock
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        # address key -> [condition, checks under way, logins waiting or checking]
+        self._checks: dict[str, list] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, account: str, address: str):
+        """Wait until a password check for `account` from `address` may
+        start: while the failures so far and the checks under way stay
+        below the limit. Returns at once when the key is locked, for the
+        caller to refuse.
+
+        Raises:
+            LoginBusy: no turn came in `_TURN_SECONDS`.
+        """
+        where = address_key(address)
+        slot = self._checks.get(where)
+        if slot is None:
+            slot = self._checks[where] = [asyncio.Condition(), 0, 0]
+        condition = slot[0]
+        slot[2] += 1
+        try:
+            async with condition:
+                try:
+                    await asyncio.wait_for(
+                        condition.wait_for(
+                            lambda: (
+                                self.locked_for(account, address) > 0
+                                or self._failures(where) + slot[1] < self.limit
+                            )
+                        ),
+                        _TURN_SECONDS,
+                    )
+                except TimeoutError:
+                    raise LoginBusy() from None
+                slot[1] += 1
+            try:
+                yield
+            finally:
+                async with condition:
+                    slot[1] -= 1
+                    condition.notify_all()
+        finally:
+            slot[2] -= 1
+            if not slot[2]:
+                del self._checks[where]
+
+    def _failures(self, where: str) -> int:
+        entry = self._entries.get(("address", where))
+        if entry is None:
+            return 0
+        if entry.last_failure and self.clock() - entry.last_failure > self.lock_seconds:
+            return 0
+        return entry.failures
 
     def _keys(self, account: str, address: str) -> list[tuple]:
         where = address_key(address)
@@ -105,10 +170,5 @@ class LoginLimiter:
             self._entries.popitem(last=False)
 
     def succeeded(self, account: str, address: str) -> None:
-        """Undo the failure charged by `failed` before the check, and clear
-        the account's count at this address."""
-        where = address_key(address)
-        self._entries.pop(("account", account, where), None)
-        entry = self._entries.get(("address", where))
-        if entry is not None and entry.failures > 0:
-            entry.failures -= 1
+        """Clear the account's count at this address."""
+        self._entries.pop(("account", account, address_key(address)), None)

@@ -232,6 +232,10 @@ return {1, string.format('%.6f', new_tat), string.format('%.6f', now)}
 """
 
 
+# Seconds a process uses its own buckets after Redis failed it.
+_REDIS_RETRY_SECONDS = 5.0
+
+
 class RedisBuckets:
     """Buckets in Redis, shared by every worker of every replica.
 
@@ -254,14 +258,20 @@ class RedisBuckets:
         self._script = self._client.register_script(_GCRA_SCRIPT)
         self._fallback = fallback
         self._warned_at = -math.inf
+        # After a failure, Redis is left alone for a while: a Redis that
+        # hangs would otherwise add its timeout to every request.
+        self._down_until = -math.inf
 
     async def take(self, key: str, rate: Rate, cost: int = 1) -> Verdict:
+        if time.monotonic() < self._down_until:
+            return self._fallback.take_now(key, rate, cost)
         try:
             allowed, tat, now = await self._script(
                 keys=[f"quaylock:rate:{key}"],
                 args=[repr(rate.interval), rate.burst, cost],
             )
         except self._errors as exc:
+            self._down_until = time.monotonic() + _REDIS_RETRY_SECONDS
             if time.monotonic() - self._warned_at > 60:
                 self._warned_at = time.monotonic()
                 from quaylock import log  # noqa: PLC0415 - only on this path
@@ -321,7 +331,7 @@ class RateLimiter:
                 subject_matches(s, subject or ANONYMOUS) for s in override["subjects"]
             ):
                 continue
-            return _rate(override["per_minute"], override["burst"]), (
+            return _rate(override["per_minute"], override.get("burst", 0)), (
                 f"rate_limits.overrides[{i}]"
             )
         return self._defaults[rate_class]
