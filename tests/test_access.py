@@ -63,6 +63,10 @@ def test_rules_grant_by_user_group_and_anonymous():
     assert policy.allowed(ALICE, "shared/x/y") == {"pull", "push"}
     assert policy.allowed(ANONYMOUS, "public/app") == {"pull"}
     assert policy.allowed(ANONYMOUS, "shared/x") == frozenset()
+    # What anyone may do, a signed-in user or a robot may do too.
+    assert policy.allowed(ALICE, "public/app") == {"pull"}
+    robot = Subject("robot", "robot$ci", owner="carol")
+    assert policy.allowed(robot, "public/app") == {"pull"}
     assert policy.allowed(Subject("user", "bob"), "b-team/app") == {
         "pull",
         "push",

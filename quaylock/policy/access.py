@@ -152,9 +152,14 @@ class AccessPolicy:
         return frozenset(rights)
 
     def _from_rules(self, subject: Subject, repository: str) -> set[str]:
+        """What the rules grant `subject`. A rule for ``anonymous`` grants
+        everyone, signed in or not: logging in never takes a right away
+        (a public repository stays pullable with credentials)."""
         rights: set[str] = set()
         for rule in self.rules:
-            if not any(subject_matches(s, subject) for s in rule.subjects):
+            if "anonymous" not in rule.subjects and not any(
+                subject_matches(s, subject) for s in rule.subjects
+            ):
                 continue
             if any(matches(p, repository) for p in rule.repositories):
                 rights |= ALL_ACTIONS if "*" in rule.actions else set(rule.actions)
