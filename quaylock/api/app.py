@@ -30,6 +30,7 @@ from quaylock.errors import (
     InsufficientStorage,
     MethodNotAllowed,
     NotFound,
+    PaginationInvalid,
     RegistryError,
     RequestTimeout,
     TooLarge,
@@ -619,11 +620,11 @@ class App:
         """
         cost = 1
         if rate_class == "listing":
-            limits = self.registry.config.limits
-            asked = request.query.get("n", "")
-            # The handler refuses a bad n; here it only sets the cost.
-            n = int(asked) if oci.is_number(asked) else 0
-            n = min(n or limits.page_default_entries, limits.page_max_entries)
+            try:
+                n = self.registry.page_size(request.query.get("n"))
+            except PaginationInvalid:
+                n = 0  # the handler refuses it; here it only sets the cost
+            n = n or self.registry.page_size(None)
             per = self.registry.config.rate_limits.listing_entries_per_request
             cost = max(1, -(-n // per))
         return await self.rates.admit(rate_class, subject, request.client, cost)
