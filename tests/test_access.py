@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from quaylock.config import AuthRule
 from quaylock.policy.access import AccessPolicy, matches
 from quaylock.policy.accounts import ANONYMOUS, RobotGrant, Subject
-from quaylock.policy.limiter import LoginLimiter, address_key
+from quaylock.policy.buckets import LocalBuckets
+from quaylock.policy.clients import address_key
+from quaylock.policy.limiter import LoginLimiter
 from quaylock.policy.tokens import Access, parse_scope
 
 ALICE = Subject("user", "alice", frozenset({"ci"}))
@@ -110,15 +114,44 @@ def test_scope_parsing():
 
 
 def test_lockout_is_per_address_and_per_account_at_address():
-    clock = [0.0]
-    limiter = LoginLimiter(limit=3, lock_seconds=60, clock=lambda: clock[0])
+    asyncio.run(_lockout_is_per_address_and_per_account_at_address())
+
+
+async def _lockout_is_per_address_and_per_account_at_address():
+    clock = [1000.0]
+    buckets = LocalBuckets(clock=lambda: clock[0])
+    limiter = LoginLimiter(limit=3, lock_seconds=60, buckets=buckets)
+    for _ in range(2):
+        await limiter.failed("alice", "10.0.0.1")
+    assert await limiter.locked_for("alice", "10.0.0.1") == 0
+    await limiter.failed("alice", "10.0.0.1")
+    assert await limiter.locked_for("alice", "10.0.0.1") == 60
+    assert await limiter.locked_for("bob", "10.0.0.1") == 60
+    # The address is locked for everyone; its owner elsewhere is not.
+    assert await limiter.locked_for("alice", "10.0.0.2") == 0
+    clock[0] += 30
+    assert await limiter.locked_for("alice", "10.0.0.1") == 30
+    clock[0] += 31
+    assert await limiter.locked_for("alice", "10.0.0.1") == 0
+    # The counts are forgotten with the lock: the next failure starts anew.
+    await limiter.failed("alice", "10.0.0.1")
+    assert await limiter.locked_for("alice", "10.0.0.1") == 0
+
+
+def test_a_login_that_succeeds_clears_its_account_but_not_its_address():
+    asyncio.run(_a_login_that_succeeds_clears_its_account_but_not_its_address())
+
+
+async def _a_login_that_succeeds_clears_its_account_but_not_its_address():
+    limiter = LoginLimiter(limit=4, lock_seconds=60)
     for _ in range(3):
-        limiter.failed("alice", "10.0.0.1")
-    assert limiter.locked_for("alice", "10.0.0.1") == 60
-    assert limiter.locked_for("bob", "10.0.0.1") == 60  # the address is locked
-    assert limiter.locked_for("alice", "10.0.0.2") == 0  # the owner elsewhere is not
-    clock[0] = 61
-    assert limiter.locked_for("alice", "10.0.0.1") == 0
+        await limiter.failed("alice", "10.0.0.1")
+    assert await limiter.delay_for("alice", "10.0.0.1") > 0
+    await limiter.succeeded("alice", "10.0.0.1")
+    assert await limiter.delay_for("alice", "10.0.0.1") == 0
+    # Three failures for the address stay: one more from anyone locks it.
+    await limiter.failed("bob", "10.0.0.1")
+    assert 59 < await limiter.locked_for("carol", "10.0.0.1") <= 60
 
 
 def test_ipv6_addresses_count_by_their_64():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 
+import httpx
 import pytest
 
 from tests.helpers import error_code, push_image, unique_repo
@@ -270,3 +271,43 @@ def test_an_unreachable_redis_leaves_each_server_its_own_limits(make_server):
     with server.client() as client:
         assert statuses(client, "/v2/", 7) == [200] * 5 + [429] * 2
     assert "redis unreachable" in server.log()
+
+
+def _guesses(server, count: int) -> list[int]:
+    """Wrong passwords for alice at the token endpoint, each on a fresh
+    connection, so that several workers share them."""
+    host, port = server.host.rsplit(":", 1)
+    answers = []
+    for i in range(count):
+        with httpx.Client(base_url=f"http://{host}:{port}") as client:
+            answers.append(
+                client.get(
+                    "/v2/token", params={"service": "quaylock"},
+                    auth=("alice", f"guess-{i}"), headers={"Connection": "close"},
+                ).status_code
+            )  # fmt: skip
+    return answers
+
+
+# Logins locked after five failures; rate limits off, so that only the
+# lockout answers 429.
+LOCKOUT = {
+    "auth": {"mode": "token", "lockout_failures": 5, "lockout_seconds": 600},
+    "rate_limits": {"enabled": False},
+}
+
+
+def test_a_login_lockout_holds_across_worker_processes(make_server):
+    server = make_server({**LOCKOUT, "server": {"workers": 2}})
+    add_user(server, "alice")
+    assert _guesses(server, 12) == [401] * 5 + [429] * 7
+
+
+def test_a_login_lockout_holds_through_redis_across_servers(make_server, redis_url):
+    settings = {**LOCKOUT, "rate_limits": {"enabled": False, "backend": "redis",
+                                           "redis_url": redis_url}}  # fmt: skip
+    first, second = make_server(settings), make_server(settings)
+    add_user(first, "alice")
+    add_user(second, "alice")
+    answers = _guesses(first, 3) + _guesses(second, 3) + _guesses(first, 2)
+    assert answers == [401] * 5 + [429] * 3

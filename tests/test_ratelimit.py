@@ -7,7 +7,7 @@ import multiprocessing
 
 import pytest
 
-from quaylock.policy.ratelimit import LocalBuckets, Rate, SharedBuckets, gcra
+from quaylock.policy.buckets import LocalBuckets, Rate, SharedBuckets, gcra
 
 
 def test_a_burst_passes_then_the_rate_holds():

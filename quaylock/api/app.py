@@ -43,15 +43,11 @@ from quaylock.metrics import Metrics
 from quaylock.policy.access import AccessPolicy
 from quaylock.policy.accounts import Accounts
 from quaylock.policy.auth import Authenticator
-from quaylock.policy.clients import ClientAddresses, networks
+from quaylock.policy.buckets import LocalBuckets, RedisBuckets, SharedBuckets
+from quaylock.policy.clients import ClientAddresses, address_key, networks
 from quaylock.policy.clients import address_in as _address_in
-from quaylock.policy.limiter import LoginLimiter, address_key
-from quaylock.policy.ratelimit import (
-    LocalBuckets,
-    RateLimiter,
-    RedisBuckets,
-    SharedBuckets,
-)
+from quaylock.policy.limiter import LoginLimiter
+from quaylock.policy.ratelimit import RateLimiter
 from quaylock.policy.ratelimit import headers as rate_headers
 from quaylock.policy.tokens import KeyRing, TokenService
 from quaylock.services.registry import Registry
@@ -789,20 +785,19 @@ def build_app(config: config_mod.Config) -> App:
     driver = FilesystemDriver(str(root))
     store = open_store(config.metadata_url)
     metrics = Metrics(Path(config.data).resolve() / "metrics", ROUTE_TEMPLATES)
+    buckets = build_buckets(config)
     return App(
         Registry(config, driver, store, metrics),
-        auth=build_authenticator(config, store),
+        auth=build_authenticator(config, store, buckets),
         log_requests=config.log.requests,
-        rates=build_rate_limiter(config),
+        rates=build_rate_limiter(config, buckets),
     )
 
 
-def build_rate_limiter(config: config_mod.Config) -> RateLimiter | None:
-    """The rate limiter for `config.rate_limits`, or None when they are off.
-    The buckets live in a file every worker maps (policy.ratelimit), and in
-    Redis with backend redis."""
-    if not config.rate_limits.enabled:
-        return None
+def build_buckets(config: config_mod.Config):
+    """Where rate limits and failed logins are counted (policy.buckets):
+    this process's memory with one worker, a table every worker maps with
+    several, Redis with `rate_limits.backend: redis`."""
     # One worker keeps its buckets in its own memory; several share a
     # memory-mapped table (a lock per take, which costs system calls).
     if config.server.workers == 1:
@@ -811,18 +806,28 @@ def build_rate_limiter(config: config_mod.Config) -> RateLimiter | None:
         buckets = SharedBuckets(Path(config.data).resolve() / "ratelimit.table")
     if config.rate_limits.backend == "redis":
         buckets = RedisBuckets(config.rate_limits.redis_url, fallback=buckets)
+    return buckets
+
+
+def build_rate_limiter(config: config_mod.Config, buckets) -> RateLimiter | None:
+    """The rate limiter for `config.rate_limits`, or None when they are off."""
+    if not config.rate_limits.enabled:
+        return None
     return RateLimiter(config.rate_limits, buckets)
 
 
-def build_authenticator(config: config_mod.Config, store) -> Authenticator | None:
+def build_authenticator(
+    config: config_mod.Config, store, buckets
+) -> Authenticator | None:
     """The request checker for `config.auth`, or None when auth is off."""
     if config.auth.mode == "none":
         return None
-    accounts = Accounts(
-        store, LoginLimiter(config.auth.lockout_failures, config.auth.lockout_seconds)
+    limiter = LoginLimiter(
+        config.auth.lockout_failures, config.auth.lockout_seconds, buckets
     )
     keys = KeyRing(Path(config.data).resolve() / "keys")
     tokens = TokenService(config.auth, keys)
+    accounts = Accounts(store, limiter)
     return Authenticator(config.auth, accounts, tokens, AccessPolicy(config.auth.rules))
 
 

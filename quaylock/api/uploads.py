@@ -12,7 +12,7 @@ from quaylock.api.http import Request, Response, actor_of, header
 from quaylock.errors import DigestInvalid, RangeInvalid
 from quaylock.metadata.store import UploadRecord
 from quaylock.oci import Digest
-from quaylock.policy.limiter import address_key
+from quaylock.policy.clients import address_key
 from quaylock.services.registry import Registry
 from quaylock.services.uploads import Owner, parse_content_range
 

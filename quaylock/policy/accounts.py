@@ -100,9 +100,9 @@ class Accounts:
             Unauthorized: the name or the secret is wrong (one message for
                 both, so names cannot be probed).
         """
-        self._refuse_if_locked(name, address)
         # Checks under way count against the lock until they end, so that
-        # parallel guesses cannot all pass it (see limiter).
+        # parallel guesses cannot all pass it (see limiter). A locked key
+        # gets its turn at once, to be refused.
         try:
             async with self.limiter.turn(name, address):
                 subject = await self._check(name, secret, address)
@@ -113,7 +113,7 @@ class Accounts:
             error.reason = "auth"
             error.headers["retry-after"] = "1"
             raise error from None
-        self.limiter.succeeded(name, address)
+        await self.limiter.succeeded(name, address)
         return subject
 
     async def _check(self, name: str, secret: str, address: str) -> Subject:
@@ -123,8 +123,8 @@ class Accounts:
             TooManyRequests: the key was locked while this login waited.
             Unauthorized: wrong name or secret (counted as a failure).
         """
-        self._refuse_if_locked(name, address)
-        delay = self.limiter.delay_for(name, address)
+        await self._refuse_if_locked(name, address)
+        delay = await self.limiter.delay_for(name, address)
         if delay:
             await asyncio.sleep(delay)
         if name.startswith(ROBOT_PREFIX):
@@ -132,14 +132,14 @@ class Accounts:
         else:
             subject = await self._check_user(name, secret)
         if subject is None:
-            self.limiter.failed(name, address)
+            await self.limiter.failed(name, address)
             raise Unauthorized("invalid username or password")
         return subject
 
-    def _refuse_if_locked(self, name: str, address: str) -> None:
+    async def _refuse_if_locked(self, name: str, address: str) -> None:
         """Raises:
         TooManyRequests: the address, or the account from it, is locked."""
-        wait = self.limiter.locked_for(name, address)
+        wait = await self.limiter.locked_for(name, address)
         if wait > 0:
             error = TooManyRequests(
                 f"too many failed logins from this address; try again in {int(wait) + 1} s"

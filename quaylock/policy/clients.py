@@ -13,6 +13,7 @@ entries left of it were written by the client and prove nothing.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -26,6 +27,23 @@ def networks(patterns: Iterable[str]) -> list[Network]:
         ValueError: one is neither.
     """
     return [ipaddress.ip_network(p, strict=False) for p in patterns]
+
+
+@functools.lru_cache(maxsize=65536)
+def address_key(address: str) -> str:
+    """The key an address counts under (rate limits, login lockouts,
+    sessions): itself, its IPv4 form when mapped, or its /64 for IPv6,
+    since one host usually holds a whole /64 and could rotate through it.
+    Cached: every request asks."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 # What a client is called when the forwarded chain cannot be read: one

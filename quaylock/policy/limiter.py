@@ -6,58 +6,43 @@ let anyone lock its owner out. After a few failures each further attempt
 waits longer; past `limit` failures the key is locked for `lock_seconds`
 and refused without a password check (so a flood costs no hashing).
 
+The counts live in the same buckets as the rate limits
+(policy.buckets): in this process with one worker, in the table every
+worker maps with several, in Redis when `rate_limits.backend` is redis.
+So a lock holds across workers and replicas. A key's failures are a
+bucket of `limit` that refills over `lock_seconds`; its lock is a bucket
+of one that refills over `lock_seconds`, emptied by the failure that
+reaches the limit.
+
 Only failures count. So that guesses sent in parallel cannot all pass the
 lock check before any of them has failed, the checks under way for an
 address count as failures-to-be while they run: a check starts only while
 failures and checks under way together stay below `limit`; others wait
-their turn (in this process) and look at the lock again when it comes.
-Parallel logins with the right password only queue for a moment:
-charging every login as a failure until it succeeded locked out ten CI
-jobs starting together behind one address.
-
-IPv6 addresses count by their /64, since one host usually holds a whole
-/64 and could rotate through it.
+their turn and look at the lock again when it comes. The checks under way
+are counted in each process, the failures everywhere: guesses that a
+client spreads over several workers at the same moment can each pass in
+their own process once, before the first of them has failed. Parallel
+logins with the right password only queue for a moment: charging every
+login as a failure until it succeeded locked out ten CI jobs starting
+together behind one address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import ipaddress
-import time
-from collections import OrderedDict
-from dataclasses import dataclass
 
-# Keys remembered at the most; the oldest are forgotten first.
-_MAX_KEYS = 100_000
+from quaylock.policy.buckets import LocalBuckets, Rate
+from quaylock.policy.clients import address_key
+
 # Failures that pass without delay; each one after doubles the delay.
 _FREE_FAILURES = 3
 _DELAY_CAP_SECONDS = 2.0
 # How long a login waits for its turn before it is refused (429).
 _TURN_SECONDS = 10.0
-
-
-@dataclass(slots=True)
-class _Entry:
-    failures: int = 0
-    locked_until: float = 0.0
-    last_failure: float = 0.0
-
-
-@functools.lru_cache(maxsize=65536)
-def address_key(address: str) -> str:
-    """The key an address counts under: itself, its IPv4 form when mapped,
-    or its /64 for IPv6. Cached: every request asks."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
+# How often a waiting login looks again at failures that other processes
+# count (those in this process wake it at once).
+_TURN_POLL_SECONDS = 0.25
 
 
 class LoginBusy(Exception):
@@ -65,22 +50,19 @@ class LoginBusy(Exception):
 
 
 class LoginLimiter:
-    """In-process counters.
-
-    # TODO(#7): share the counters through Redis, so that several workers
-    # or replicas lock together; today each process counts on its own, so
-    # with N workers an address gets up to N times `limit` guesses.
-
-    Args:
-        limit: failures before a key is locked.
-        lock_seconds: how long a lock lasts; counts also reset after it.
+    """Args:
+    limit: failures before a key is locked.
+    lock_seconds: how long a lock lasts; counts also reset after it.
+    buckets: where the counts live: `LocalBuckets` (the default),
+        `SharedBuckets` or `RedisBuckets` of policy.buckets.
     """
 
-    def __init__(self, limit: int, lock_seconds: int, clock=time.monotonic):
+    def __init__(self, limit: int, lock_seconds: int, buckets=None):
         self.limit = limit
         self.lock_seconds = lock_seconds
-        self.clock = clock
-        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        self.buckets = buckets if buckets is not None else LocalBuckets()
+        self._failures_rate = Rate(limit / lock_seconds, limit)
+        self._lock_rate = Rate(1 / lock_seconds, 1)
         # address key -> [condition, checks under way, logins waiting or checking]
         self._checks: dict[str, list] = {}
 
@@ -102,18 +84,7 @@ class LoginLimiter:
         slot[2] += 1
         try:
             async with condition:
-                try:
-                    await asyncio.wait_for(
-                        condition.wait_for(
-                            lambda: (
-                                self.locked_for(account, address) > 0
-                                or self._failures(where) + slot[1] < self.limit
-                            )
-                        ),
-                        _TURN_SECONDS,
-                    )
-                except TimeoutError:
-                    raise LoginBusy() from None
+                await self._wait_turn(account, address, where, slot)
                 slot[1] += 1
             try:
                 yield
@@ -126,49 +97,56 @@ class LoginLimiter:
             if not slot[2]:
                 del self._checks[where]
 
-    def _failures(self, where: str) -> int:
-        entry = self._entries.get(("address", where))
-        if entry is None:
-            return 0
-        if entry.last_failure and self.clock() - entry.last_failure > self.lock_seconds:
-            return 0
-        return entry.failures
+    async def _wait_turn(self, account: str, address: str, where: str, slot) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _TURN_SECONDS
+        while True:
+            if await self.locked_for(account, address) > 0:
+                return
+            if await self._failures(f"@{where}") + slot[1] < self.limit:
+                return
+            left = deadline - loop.time()
+            if left <= 0:
+                raise LoginBusy()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slot[0].wait(), min(left, _TURN_POLL_SECONDS))
 
-    def _keys(self, account: str, address: str) -> list[tuple]:
+    def _keys(self, account: str, address: str) -> list[str]:
         where = address_key(address)
-        return [("address", where), ("account", account, where)]
+        return [f"@{where}", f"{account}@{where}"]
 
-    def locked_for(self, account: str, address: str) -> float:
+    async def _failures(self, key: str) -> int:
+        """Failures counted for `key` and not yet forgotten."""
+        # A take of nothing reads the bucket without changing it.
+        now = await self.buckets.take(f"login-failures:{key}", self._failures_rate, 0)
+        return self.limit - now.remaining
+
+    async def locked_for(self, account: str, address: str) -> float:
         """Seconds until this login may be tried again; 0 when it may now."""
-        now = self.clock()
-        waits = [
-            entry.locked_until - now
-            for key in self._keys(account, address)
-            if (entry := self._entries.get(key)) is not None
-        ]
-        return max([0.0, *waits])
-
-    def delay_for(self, account: str, address: str) -> float:
-        """Seconds to hold this attempt before checking its password."""
-        entry = self._entries.get(("account", account, address_key(address)))
-        if entry is None or entry.failures < _FREE_FAILURES:
-            return 0.0
-        return min(_DELAY_CAP_SECONDS, 0.1 * 2 ** (entry.failures - _FREE_FAILURES))
-
-    def failed(self, account: str, address: str) -> None:
-        now = self.clock()
+        waits = [0.0]
         for key in self._keys(account, address):
-            entry = self._entries.pop(key, None) or _Entry()
-            if entry.last_failure and now - entry.last_failure > self.lock_seconds:
-                entry = _Entry()
-            entry.failures += 1
-            entry.last_failure = now
-            if entry.failures >= self.limit:
-                entry.locked_until = now + self.lock_seconds
-            self._entries[key] = entry
-        while len(self._entries) > _MAX_KEYS:
-            self._entries.popitem(last=False)
+            lock = await self.buckets.take(f"login-lock:{key}", self._lock_rate, 0)
+            if not lock.remaining:
+                waits.append(lock.reset)
+        return max(waits)
 
-    def succeeded(self, account: str, address: str) -> None:
+    async def delay_for(self, account: str, address: str) -> float:
+        """Seconds to hold this attempt before checking its password."""
+        failures = await self._failures(f"{account}@{address_key(address)}")
+        if failures < _FREE_FAILURES:
+            return 0.0
+        return min(_DELAY_CAP_SECONDS, 0.1 * 2 ** (failures - _FREE_FAILURES))
+
+    async def failed(self, account: str, address: str) -> None:
+        for key in self._keys(account, address):
+            count = await self.buckets.take(
+                f"login-failures:{key}", self._failures_rate, 1
+            )
+            if not count.allowed or not count.remaining:
+                await self.buckets.take(f"login-lock:{key}", self._lock_rate, 1)
+
+    async def succeeded(self, account: str, address: str) -> None:
         """Clear the account's count at this address."""
-        self._entries.pop(("account", account, address_key(address)), None)
+        # A negative take gives back: all of the bucket, whatever it held.
+        key = f"login-failures:{account}@{address_key(address)}"
+        await self.buckets.take(key, self._failures_rate, -self.limit)
