@@ -305,3 +305,42 @@ def test_tag_rule_added_by_an_admin_applies_in_every_worker_at_once(make_server)
         assert again.json()["id"] == rule_id + 1
         client.delete(f"/admin/v1/tag-rules/{rule_id + 1}", auth=ADMIN)
     assert dev.push("release-1", second).status_code == 201
+
+
+def test_holds_come_a_page_at_a_time_newest_first(make_server):
+    server = start(make_server, {"rules": [], "repository_lookalike": "hold"})
+    dev = Pusher(server, DEV, "team/web-app")
+    assert dev.push("v1", dev.image("real")).status_code == 201
+    holds = [
+        held_id(Pusher(server, DEV, name).client.post(f"/v2/{name}/blobs/uploads/"))
+        for name in ("team/web_app", "team/web.app", "team/webapp")
+    ]
+    with server.client() as client:
+        first = client.get("/admin/v1/holds", params={"n": 2}, auth=ADMIN)
+        assert [h["id"] for h in first.json()] == holds[::-1][:2]
+        link = first.headers["link"]
+        assert f"last={holds[1]}" in link and 'rel="next"' in link
+        rest = client.get(link[1 : link.index(">")], auth=ADMIN)
+        assert [h["id"] for h in rest.json()] == [holds[0]]
+        assert "link" not in rest.headers
+        bad = client.get("/admin/v1/holds", params={"last": "x"}, auth=ADMIN)
+        assert bad.status_code == 400
+        assert "last must be a hold id" in message(bad)
+    listed = cli(server, "tag", "holds")
+    printed = [json.loads(line)["id"] for line in listed.stdout.splitlines()]
+    assert printed == holds[::-1]
+
+
+def test_the_repository_guard_compares_with_the_oldest_names_up_to_its_cap(make_server):
+    server = start(make_server, {"rules": [], "repository_lookalike": "hold",
+                                 "lookalike_max_names": 2})  # fmt: skip
+    for name in ("team/aaa-one", "team/bbb-two", "team/ccc-three"):
+        dev = Pusher(server, DEV, name)
+        assert dev.push("v1", dev.image(name)).status_code == 201
+    # The two oldest are guarded; the third is past the cap.
+    guarded = Pusher(server, DEV, "team/aaa_one")
+    assert guarded.client.post("/v2/team/aaa_one/blobs/uploads/").status_code == 403
+    past = Pusher(server, DEV, "team/ccc_three")
+    assert past.client.post("/v2/team/ccc_three/blobs/uploads/").status_code == 202
+    warning = "repositories: only 2 are compared (tags.lookalike_max_names)"
+    assert warning in server.log()

@@ -311,8 +311,21 @@ async def delete_allowed_name(services: Services, request: Request) -> Response:
 async def list_holds(services: Services, request: Request) -> Response:
     await require_admin(services, request)
     state = request.query.get("state", "pending")
-    holds = services.registry.tag_admin.holds(None if state == "all" else state)
-    return _json(200, [hold.as_json() for hold in holds])
+    size = services.registry.page_size(request.query.get("n"))
+    before = request.query.get("last")
+    if before is not None and not (before.isdigit() and len(before) <= 18):
+        raise BadRequest(f"last must be a hold id, got {before[:20]!r}")
+    holds = services.registry.tag_admin.holds(
+        None if state == "all" else state,
+        size + 1,
+        int(before) if before is not None else None,
+    )
+    response = _json(200, [hold.as_json() for hold in holds[:size]])
+    if len(holds) > size and size:
+        query = urlencode({"state": state, "n": size, "last": holds[size - 1].id})
+        link = f'</admin/v1/holds?{query}>; rel="next"'
+        response.headers.append(header("link", link))
+    return response
 
 
 async def decide_hold(services: Services, request: Request) -> Response:

@@ -113,8 +113,11 @@ async def _holds(config, store, args) -> int:
     tag_admin = _registry(config, store).tag_admin
     if args.verb == "holds":
         state = None if args.state == "all" else args.state
-        for hold in tag_admin.holds(state):
-            print(json.dumps(hold.as_json()))
+        before = None
+        while page := tag_admin.holds(state, 1000, before):
+            for hold in page:
+                print(json.dumps(hold.as_json()))
+            before = page[-1].id
         return 0
     actor = _actor(args)
     if args.verb == "approve":

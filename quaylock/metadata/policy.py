@@ -179,17 +179,18 @@ def get_hold(c: sqlite3.Connection, hold_id: int) -> Hold | None:
 
 
 def list_holds(
-    c: sqlite3.Connection, state: str | None, limit: int = 1000
+    c: sqlite3.Connection, state: str | None, limit: int, before: int | None = None
 ) -> list[Hold]:
-    if state is None:
-        rows = c.execute(
-            f"SELECT {_HOLD_COLUMNS} FROM holds ORDER BY id DESC LIMIT ?", (limit,)
-        )
-    else:
-        rows = c.execute(
-            f"SELECT {_HOLD_COLUMNS} FROM holds WHERE state = ? ORDER BY id DESC LIMIT ?",
-            (state, limit),
-        )
+    """Holds in `state` (None: any), newest first, older than hold `before`."""
+    where, args = ["id < ?"], [before if before is not None else 2**63 - 1]
+    if state is not None:
+        where.append("state = ?")
+        args.append(state)
+    rows = c.execute(
+        f"SELECT {_HOLD_COLUMNS} FROM holds WHERE {' AND '.join(where)} "
+        "ORDER BY id DESC LIMIT ?",
+        (*args, limit),
+    )
     return [Hold(*row) for row in rows]
 
 

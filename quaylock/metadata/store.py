@@ -235,13 +235,24 @@ class SQLiteStore:
         )
         return [name for (name,) in rows]
 
-    def tags_matching(self, c: sqlite3.Connection | None, repository: str) -> list[str]:
-        """Every tag of `repository` (for the look-alike guard; bounded)."""
+    def recent_tags(
+        self, c: sqlite3.Connection | None, repository: str, limit: int
+    ) -> list[str]:
+        """The `limit` tags of `repository` that moved last (for the
+        look-alike guard): `latest` and the newest releases first."""
         conn = c or self._reader
         rows = conn.execute(
             "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id "
-            "WHERE r.name = ? ORDER BY t.name LIMIT 10000",
-            (repository,),
+            "WHERE r.name = ? ORDER BY t.updated_at DESC LIMIT ?",
+            (repository, limit),
+        )
+        return [name for (name,) in rows]
+
+    def oldest_repositories(self, limit: int) -> list[str]:
+        """The `limit` repositories created first (for the look-alike
+        guard): the established names a new one would imitate."""
+        rows = self._reader.execute(
+            "SELECT name FROM repositories ORDER BY id LIMIT ?", (limit,)
         )
         return [name for (name,) in rows]
 

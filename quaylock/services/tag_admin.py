@@ -119,12 +119,15 @@ class TagAdmin:
 
     # Held names
 
-    def holds(self, state: str | None = "pending") -> list[Hold]:
+    def holds(
+        self, state: str | None, limit: int, before: int | None = None
+    ) -> list[Hold]:
+        """One page of holds in `state` (None: any), newest first."""
         if state is not None and state not in policy.HOLD_STATES:
             raise BadRequest(
                 f"state must be one of {', '.join(policy.HOLD_STATES)}, got {state[:20]!r}"
             )
-        return self.store.read(lambda c: policy.list_holds(c, state))
+        return self.store.read(lambda c: policy.list_holds(c, state, limit, before))
 
     async def reject(self, hold_id: int, actor: Actor) -> Hold:
         def write(c) -> tuple[None, list]:

@@ -193,9 +193,9 @@ class TagGuard:
 
     def _guarded(self, store, c, repository: str, rule: TagRule) -> list[str]:
         """The tags a new tag must not resemble: protected, immutable and
-        version tags. Read at most every `_GUARDED_SECONDS` per repository,
-        since the read is linear in the repository's tags and runs inside the
-        writing transaction. Tags this process creates are added at once
+        version tags, among the `tags.lookalike_max_names` that moved last.
+        Read at most every `_GUARDED_SECONDS` per repository, since the read
+        runs inside the writing transaction. Tags this process creates are added at once
         (`_remember`); one created by another worker in that window is
         missed, which a heuristic guard can afford."""
         key = (repository, id(rule))
@@ -203,9 +203,13 @@ class TagGuard:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
+        cap = self.config.lookalike_max_names
+        recent = store.recent_tags(c, repository, cap)
+        if len(recent) == cap:
+            _warn_capped(f"tags of {repository}", cap)
         guarded = [
             t
-            for t in store.tags_matching(c, repository)
+            for t in recent
             if _fullmatch_any(rule.protected, t)
             or _fullmatch_any(rule.immutable, t)
             or _RELEASE_RE.fullmatch(t)
@@ -229,10 +233,11 @@ class TagGuard:
             or self._allowed("repository", "", repository)
         ):
             return
-        existing = store.read_all(
-            "SELECT name FROM repositories ORDER BY name LIMIT 10000"
-        )
-        found = find_lookalikes(repository, [n for (n,) in existing], kind="repository")
+        cap = self.config.lookalike_max_names
+        existing = store.oldest_repositories(cap)
+        if len(existing) == cap:
+            _warn_capped("repositories", cap)
+        found = find_lookalikes(repository, existing, kind="repository")
         if not found:
             return
         reason = (
@@ -248,6 +253,20 @@ class TagGuard:
         if mode == "hold":
             raise Held(f"{reason} (tags.repository_lookalike is hold)")
         _alert(None, actor, repository, None, reason, "look-alike repository allowed")
+
+
+_warned_capped: set[str] = set()
+
+
+def _warn_capped(what: str, cap: int) -> None:
+    """Say once per process that the guard saw only part of some names."""
+    if what in _warned_capped or len(_warned_capped) > 1000:
+        return
+    _warned_capped.add(what)
+    log.event(
+        log.logger, 30, "look-alike guard compares with part of the names",
+        detail=f"{what}: only {cap} are compared (tags.lookalike_max_names)",
+    )  # fmt: skip
 
 
 def _alert(c, actor: Actor, repository: str, tag: str | None, reason: str, what: str):
