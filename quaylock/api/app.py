@@ -61,22 +61,54 @@ DRAIN_MAX_BYTES = 8 * 1024 * 1024
 DRAIN_TIMEOUT_SECONDS = 5.0
 
 
+# What a route is, which decides how a request to it is let in:
+# - REGISTRY: the registry API; the authenticator checks the action the
+#   method needs, and the handler gets the registry;
+# - LOGIN: the token endpoint, which checks its own credentials; its
+#   handler gets the authenticator;
+# - ADMIN: the admin API, whose handlers check for an admin themselves and
+#   get the authenticator and registry (api/admin.py);
+# - PUBLIC: health checks, open to anyone, never rate limited;
+# - OPERATOR: metrics, open to `metrics.allow` addresses, else to admins,
+#   never rate limited.
+REGISTRY, LOGIN, ADMIN, PUBLIC, OPERATOR = (
+    "registry", "login", "admin", "public", "operator"
+)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     template: str
     pattern: re.Pattern
     handlers: dict
-    # The action each method needs (policy.auth): pull, push, delete,
-    # "login" or "catalog"; None for the token endpoint, which checks its own.
-    needs: dict | None
+    kind: str
+    # For REGISTRY routes, the action each method needs (policy.auth):
+    # pull, push, delete, "login" or "catalog".
+    needs: dict
+    # Catalog and tags list count as listings, weighed by page size.
+    listing: bool = False
+
+    def rate_class(self, method: str) -> str | None:
+        """Which rate limit a request counts against (config.RATE_CLASSES);
+        None for the health and metrics routes."""
+        if self.kind in (PUBLIC, OPERATOR):
+            return None
+        if self.kind == LOGIN:
+            return "token"
+        if self.listing:
+            return "listing"
+        return "read" if method in ("GET", "HEAD") else "write"
 
 
 _READ = {"GET": "pull", "HEAD": "pull"}
 _WRITE = {"POST": "push", "PATCH": "push", "PUT": "push", "GET": "push", "HEAD": "push"}
 
 
-def _route(template: str, regex: str, needs: dict | None, **handlers) -> Route:
-    return Route(template, re.compile(regex), handlers, needs)
+def _route(
+    template: str, regex: str, needs: dict, *, kind: str = REGISTRY,
+    listing: bool = False, **handlers,
+) -> Route:  # fmt: skip
+    return Route(template, re.compile(regex), handlers, kind, needs, listing)
 
 
 # Order matters where patterns overlap: uploads before blobs/<digest>.
@@ -118,6 +150,7 @@ ROUTES = [
         "/v2/{name}/tags/list",
         r"/v2/(?P<name>.+)/tags/list",
         _READ,
+        listing=True,
         GET=listings.list_tags,
         HEAD=listings.list_tags,
     ),
@@ -132,10 +165,6 @@ ROUTES = [
 _LOGIN = {"GET": "login", "HEAD": "login"}
 # Methods that upload nothing: their bodies are held to limits.body_max_bytes.
 _NO_UPLOAD_METHODS = frozenset({"GET", "HEAD", "DELETE"})
-# Routes that need no credentials at all (api/status.py).
-PUBLIC: dict = {}
-# Routes for operators: open to `metrics.allow` addresses, else admins.
-OPERATOR: dict = {}
 EXACT_ROUTES = {
     "/v2/": _route(
         "/v2/", r"/v2/", _LOGIN, GET=listings.api_version, HEAD=listings.api_version
@@ -144,84 +173,86 @@ EXACT_ROUTES = {
         "/v2/", r"/v2", _LOGIN, GET=listings.api_version, HEAD=listings.api_version
     ),
     "/v2/_catalog": _route(
-        "/v2/_catalog", r"/v2/_catalog", {"GET": "catalog"}, GET=listings.catalog
+        "/v2/_catalog",
+        r"/v2/_catalog",
+        {"GET": "catalog"},
+        listing=True,
+        GET=listings.catalog,
     ),
     "/v2/token": _route(
-        "/v2/token", r"/v2/token", None, GET=token.get_token, POST=token.post_token
+        "/v2/token",
+        r"/v2/token",
+        {},
+        kind=LOGIN,
+        GET=token.get_token,
+        POST=token.post_token,
     ),
-    "/metrics": _route("/metrics", r"/metrics", OPERATOR, GET=status.metrics),
-    "/healthz": _route("/healthz", r"/healthz", PUBLIC, GET=status.healthz),
-    "/readyz": _route("/readyz", r"/readyz", PUBLIC, GET=status.readyz),
+    "/metrics": _route("/metrics", r"/metrics", {}, kind=OPERATOR, GET=status.metrics),
+    "/healthz": _route("/healthz", r"/healthz", {}, kind=PUBLIC, GET=status.healthz),
+    "/readyz": _route("/readyz", r"/readyz", {}, kind=PUBLIC, GET=status.readyz),
 }
 
 
-# The admin API (api/admin.py): handlers take the authenticator, like the
-# token endpoint, and check for an admin themselves.
+def _admin_route(template: str, regex: str, **handlers) -> Route:
+    return _route(template, regex, {}, kind=ADMIN, **handlers)
+
+
+# The admin API (api/admin.py): handlers check for an admin themselves.
 ADMIN_ROUTES = [
-    _route(
+    _admin_route(
         "/admin/v1/users",
         r"/admin/v1/users",
-        None,
         GET=admin.list_users,
         POST=admin.create_user,
     ),
-    _route(
+    _admin_route(
         "/admin/v1/users/{user}",
         r"/admin/v1/users/(?P<user>[a-z0-9._-]{1,64})",
-        None,
         PATCH=admin.update_user,
         DELETE=admin.delete_user,
     ),
-    _route(
+    _admin_route(
         "/admin/v1/robots",
         r"/admin/v1/robots",
-        None,
         GET=admin.list_robots,
         POST=admin.create_robot,
     ),
-    _route(
+    _admin_route(
         "/admin/v1/tag-rules",
         r"/admin/v1/tag-rules",
-        None,
         GET=admin.list_tag_rules,
         POST=admin.add_tag_rule,
     ),
-    _route(
+    _admin_route(
         "/admin/v1/tag-rules/{rule}",
         r"/admin/v1/tag-rules/(?P<rule>[0-9]{1,18})",
-        None,
         DELETE=admin.delete_tag_rule,
     ),
-    _route(
+    _admin_route(
         "/admin/v1/allowed-names",
         r"/admin/v1/allowed-names",
-        None,
         GET=admin.list_allowed_names,
         POST=admin.add_allowed_name,
         DELETE=admin.delete_allowed_name,
     ),
-    _route(
+    _admin_route(
         "/admin/v1/holds",
         r"/admin/v1/holds",
-        None,
         GET=admin.list_holds,
     ),
-    _route(
+    _admin_route(
         "/admin/v1/holds/{hold}",
         r"/admin/v1/holds/(?P<hold>[0-9]{1,18})",
-        None,
         POST=admin.decide_hold,
     ),
-    _route(
+    _admin_route(
         "/admin/v1/signatures",
         r"/admin/v1/signatures",
-        None,
         GET=admin.signature_status,
     ),
-    _route(
+    _admin_route(
         "/admin/v1/robots/{robot}",
         r"/admin/v1/robots/(?P<robot>(?:robot\$)?[a-z0-9._-]{1,64})",
-        None,
         DELETE=admin.revoke_robot,
     ),
 ]
@@ -395,7 +426,6 @@ class App:
         bytes_out = 0
         sent_start = False
         in_flight = None
-        limited = None  # the rate-limit verdict, once the request was charged
 
         async def tracked_send(message):
             nonlocal sent_start
@@ -429,89 +459,37 @@ class App:
                 raise BlobUploadUnknown(
                     f"upload {params['upload_id'][:64]!r} is not open"
                 )
-            rate_class = _rate_class(route, scope["method"])
+            rate_class = route.rate_class(scope["method"])
             if rate_class is not None:
                 in_flight = self._enter(request.client)
-            if (
-                rate_class is not None
-                and self.rates is not None
-                and (
-                    route.needs is None
-                    or self.auth is None
-                    or "authorization" not in request.headers
-                )
-            ):
-                # Logins and requests without credentials count per client
-                # address, before any work (a password check) is done.
-                limited = await self._admit(rate_class, request, None)
-            if route.needs is PUBLIC:
-                response = await handler(self.registry, request)
-            elif route.needs is OPERATOR:
-                await self._operator(request)
-                response = await handler(self.registry, request)
-            elif route.needs is None:
-                if self.auth is None:
-                    raise NotFound("authentication is off: there is no token endpoint")
-                if route.template.startswith("/admin/"):
-                    response = await handler(self._admin, request)
-                else:
-                    response = await handler(self.auth, request)
-            else:
-                if self.auth is not None:
-                    try:
-                        request.subject = await self.auth.check(
-                            request.headers,
-                            request.client,
-                            _host(scope, request),
-                            scope.get("scheme", "http"),
-                            route.needs[scope["method"]],
-                            params.get("name"),
-                        )
-                    except (Unauthorized, Denied):
-                        if limited is None and rate_class and self.rates is not None:
-                            # Credentials that fail, and subjects refused
-                            # the repository, count for the address.
-                            limited = await self._admit(rate_class, request, None)
-                        raise
-                    if limited is None and rate_class and self.rates is not None:
-                        limited = await self._admit(
-                            rate_class, request, request.subject
-                        )
-                    request.may_pull = self.auth.pull_check(request.subject)
-                    if "name" in params:
-                        request.rights = self.auth.policy.allowed(
-                            request.subject, params["name"]
-                        )
-                response = await handler(self.registry, request)
+            response = await self._let_in(route, handler, request, rate_class)
             status = response.status
-            if limited is not None:
+            if request.rate is not None:
                 response.headers.extend(
-                    (k.encode(), v.encode()) for k, v in rate_headers(limited).items()
+                    (k.encode(), v.encode())
+                    for k, v in rate_headers(request.rate).items()
                 )
             bytes_out = await self._send(scope, tracked_send, response)
         except RegistryError as exc:
             if (
-                limited is None
+                request.rate is None
                 and self.rates is not None
-                and not (
-                    route is not None
-                    and (route.needs is PUBLIC or route.needs is OPERATOR)
-                )
+                and not (route is not None and route.kind in (PUBLIC, OPERATOR))
                 and not isinstance(exc, TooManyRequests)
             ):
                 # Refused before it was charged (no such route, a bad name):
                 # it still counts for the address.
                 try:
-                    limited = await self._admit(
+                    await self._admit(
                         "read" if scope["method"] in ("GET", "HEAD") else "write",
                         request, None,
                     )  # fmt: skip
                 except TooManyRequests as refused:
                     exc = refused
-            if limited is not None:
+            if request.rate is not None:
                 # A refusal after the request was charged (a 401, say)
                 # still tells the client how much it has left.
-                for name, value in rate_headers(limited).items():
+                for name, value in rate_headers(request.rate).items():
                     exc.headers.setdefault(name, value)
             status, bytes_out = await self._refuse(scope, send, request, route, exc)
         except ClientDisconnected:
@@ -608,8 +586,64 @@ class App:
             )
         await admin.require_admin(self._admin, request)
 
-    async def _admit(self, rate_class: str, request: Request, subject):
-        """Charge the request to its rate-limit bucket (policy.ratelimit).
+    async def _let_in(
+        self, route: Route, handler, request: Request, rate_class: str | None
+    ) -> Response:
+        """Authenticate and rate-limit a request as its route's kind wants,
+        then hand it to `handler`.
+
+        Logins and requests without credentials are charged to the client
+        address before any work is done (a password check); requests with
+        credentials to their subject once known, or to the address when the
+        credentials fail or the subject is refused the repository.
+        """
+        limit = rate_class is not None and self.rates is not None
+        if limit and (
+            route.kind != REGISTRY
+            or self.auth is None
+            or "authorization" not in request.headers
+        ):
+            await self._admit(rate_class, request, None)
+        if route.kind == PUBLIC:
+            return await handler(self.registry, request)
+        if route.kind == OPERATOR:
+            await self._operator(request)
+            return await handler(self.registry, request)
+        if route.kind == LOGIN:
+            if self.auth is None:
+                raise NotFound("authentication is off: there is no token endpoint")
+            return await handler(self.auth, request)
+        if route.kind == ADMIN:
+            if self._admin is None:
+                raise NotFound("authentication is off: there is no admin API")
+            return await handler(self._admin, request)
+        if self.auth is not None:
+            params = request.params
+            try:
+                request.subject = await self.auth.check(
+                    request.headers,
+                    request.client,
+                    _host(request.scope, request),
+                    request.scope.get("scheme", "http"),
+                    route.needs[request.method],
+                    params.get("name"),
+                )
+            except (Unauthorized, Denied):
+                if limit and request.rate is None:
+                    await self._admit(rate_class, request, None)
+                raise
+            if limit and request.rate is None:
+                await self._admit(rate_class, request, request.subject)
+            request.may_pull = self.auth.pull_check(request.subject)
+            if "name" in params:
+                request.rights = self.auth.policy.allowed(
+                    request.subject, params["name"]
+                )
+        return await handler(self.registry, request)
+
+    async def _admit(self, rate_class: str, request: Request, subject) -> None:
+        """Charge the request to its rate-limit bucket (policy.ratelimit);
+        the verdict goes to `request.rate`.
 
         Raises:
             TooManyRequests: the bucket is empty.
@@ -623,7 +657,7 @@ class App:
             n = n or self.registry.page_size(None)
             per = self.registry.config.rate_limits.listing_entries_per_request
             cost = max(1, -(-n // per))
-        return await self.rates.admit(rate_class, subject, request.client, cost)
+        request.rate = await self.rates.admit(rate_class, subject, request.client, cost)
 
     async def _refuse(
         self, scope, send, request: Request, route: Route | None, exc: RegistryError
@@ -741,19 +775,6 @@ def _host(scope, request: Request) -> str:
 _HOST_RE = re.compile(
     r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
 )
-
-
-def _rate_class(route: Route, method: str) -> str | None:
-    """Which rate limit a request counts against (config.RATE_CLASSES);
-    None for the health and metrics routes."""
-    if route.needs is PUBLIC or route.needs is OPERATOR:
-        return None
-    template = route.template
-    if template == "/v2/token":
-        return "token"
-    if template in ("/v2/_catalog", "/v2/{name}/tags/list"):
-        return "listing"
-    return "read" if method in ("GET", "HEAD") else "write"
 
 
 def _disk_full() -> InsufficientStorage:

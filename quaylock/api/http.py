@@ -40,6 +40,7 @@ class Request:
         "body_timeout",
         "body_min_rate",
         "client",
+        "rate",
     )
 
     def __init__(self, scope: dict, receive, params: dict[str, str]):
@@ -63,6 +64,9 @@ class Request:
         # The client's address: the connection's peer, or what a trusted
         # proxy forwarded (policy.clients).
         self.client: str = (scope.get("client") or ("", 0))[0]
+        # The rate limit's verdict once the request was charged to a bucket
+        # (policy.ratelimit), for the RateLimit-* headers of the answer.
+        self.rate = None
 
     @property
     def method(self) -> str:
