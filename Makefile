@@ -8,7 +8,7 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-deps lock clean
+.PHONY: serve test test-deps lock clean sbom
 
 $(VENV)/.runtime: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,21 +26,41 @@ serve: $(VENV)/.runtime
 test-deps:
 	./scripts/test-deps
 
-test: $(VENV)/.test test-deps
+test: $(VENV)/.test test-deps sbom
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Tools that look at the registry from outside live in their own venv, so
+# that they are never installed beside it (docs/dependencies.md).
+TOOLS := .venv-tools
+$(TOOLS)/.installed: requirements-tools.lock
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check \
+		--require-hashes --no-deps -r requirements-tools.lock
+	touch $@
+
+# A CycloneDX SBOM of what is installed in .venv, where the admin API
+# (/admin/v1/sbom) and `quaylock doctor` find it.
+SBOM := $(VENV)/share/quaylock/sbom.cdx.json
+sbom: $(VENV)/.runtime $(TOOLS)/.installed
+	mkdir -p $(dir $(SBOM))
+	$(TOOLS)/bin/cyclonedx-py environment --pyproject pyproject.toml \
+		--output-reproducible --of JSON -o $(SBOM) $(BIN)/python
+	@echo "sbom: $(SBOM)"
 
 # Re-pin every dependency, with hashes (needs network access to PyPI).
 lock:
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet pip-tools
 	.lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
-		--no-emit-find-links -o requirements.lock requirements.in
+		--no-emit-find-links --no-emit-index-url -o requirements.lock requirements.in
 	.lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
-		--no-emit-find-links -o requirements-test.lock requirements-test.in
+		--no-emit-find-links --no-emit-index-url -o requirements-test.lock requirements-test.in
+	.lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-find-links --no-emit-index-url -o requirements-tools.lock requirements-tools.in
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) $(TOOLS) data
 
 # Side-by-side benchmark against CNCF Distribution: needs docker-registry and
 # wrk (Debian packages); takes about 8 minutes. BENCH_ARGS=--quick for a smoke

@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 
 from quaylock import oci
 from quaylock.api.http import JSON, Request, Response, actor_of, header
-from quaylock.errors import BadRequest, Denied, Unauthorized
+from quaylock.errors import BadRequest, Denied, NotFound, Unauthorized
 from quaylock.policy.accounts import ACTOR, Subject
 from quaylock.policy.auth import Authenticator, decode_basic
 from quaylock.policy.tokens import InvalidToken
@@ -340,3 +340,28 @@ async def decide_hold(services: Services, request: Request) -> Response:
     else:
         raise BadRequest(f"decision must be approve or reject, got {decision[:20]!r}")
     return _json(200, hold.as_json())
+
+
+# What is installed (quaylock.about)
+
+
+async def version(services: Services, request: Request) -> Response:
+    await require_admin(services, request)
+    from quaylock import about  # noqa: PLC0415 - admins only, seldom
+
+    store = services.registry.store
+    return _json(200, about.report(store.schema_version()))
+
+
+async def sbom(services: Services, request: Request) -> Response:
+    """The CycloneDX SBOM that `make sbom` wrote for this installation."""
+    await require_admin(services, request)
+    from quaylock import about  # noqa: PLC0415 - admins only, seldom
+
+    document, why = about.read_sbom()
+    if document is None:
+        raise NotFound(why)
+    body = json.dumps(document).encode()
+    kind = header("content-type", "application/vnd.cyclonedx+json")
+    return Response(200, [kind], body=body)
+

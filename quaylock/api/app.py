@@ -245,6 +245,8 @@ ADMIN_ROUTES = [
         r"/admin/v1/holds/(?P<hold>[0-9]{1,18})",
         POST=admin.decide_hold,
     ),
+    _admin_route("/admin/v1/version", r"/admin/v1/version", GET=admin.version),
+    _admin_route("/admin/v1/sbom", r"/admin/v1/sbom", GET=admin.sbom),
     _admin_route(
         "/admin/v1/signatures",
         r"/admin/v1/signatures",

@@ -51,6 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         help="skip if a collection ended less than this many seconds ago",
     )  # fmt: skip
 
+    migrate = commands.add_parser(
+        "migrate",
+        help="bring the metadata store's schema up to this quaylock's "
+        "(serve also does it when it starts)",
+    )
+    add_store_options(migrate)
+    migrate.add_argument(
+        "--check", action="store_true",
+        help="change nothing; exit 1 when the store needs migrating",
+    )  # fmt: skip
+
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
@@ -63,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             return _quota(args)
         if args.command == "gc":
             return _gc(args)
+        if args.command == "migrate":
+            return _migrate(args)
         return accounts.run(args)
     except config_mod.ConfigError as exc:
         print(f"quaylock: configuration error: {exc}", file=sys.stderr)
@@ -86,6 +99,37 @@ def _quota(args) -> int:
             print(json.dumps(row))
     finally:
         store.close()
+    return 0
+
+
+def _migrate(args) -> int:
+    """Say where the store's schema stands against this quaylock's, and
+    (without --check) migrate it. A store newer than this quaylock is
+    refused: an older binary must not write a newer schema."""
+    from quaylock.metadata import schema
+    from quaylock.metadata.store import open_store, stored_schema_version
+
+    apply_flags(args)
+    config = config_mod.load(os.environ.get("QUAYLOCK_CONFIG_FILE") or None)
+    if missing_data(config.data):
+        return 2
+    found = stored_schema_version(config.metadata_url)
+    target = schema.SCHEMA_VERSION
+    if found is not None and found > target:
+        print(
+            f"quaylock: metadata schema is version {found}, but this quaylock "
+            f"({__version__}) knows only up to {target}: upgrade quaylock",
+            file=sys.stderr,
+        )
+        return 2
+    if found == target:
+        print(json.dumps({"schema": found, "target": target, "migrated": False}))
+        return 0
+    if args.check:
+        print(json.dumps({"schema": found, "target": target, "migrated": False}))
+        return 1
+    open_store(config.metadata_url).close()
+    print(json.dumps({"schema": found, "target": target, "migrated": True}))
     return 0
 
 

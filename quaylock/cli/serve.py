@@ -11,11 +11,13 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
 from quaylock import config as config_mod
 from quaylock import log, metrics
 from quaylock.cli.main import apply_flags
+from quaylock.metadata.schema import SchemaTooNew
 from quaylock.metadata.store import open_store
 from quaylock.policy.accounts import Accounts
 from quaylock.policy.limiter import LoginLimiter
@@ -94,7 +96,11 @@ def serve(args) -> int:
     # its own eyes only.
     os.umask(0o077)
     os.makedirs(config.data, mode=0o700, exist_ok=True)
-    prepare(config)
+    try:
+        prepare(config)
+    except SchemaTooNew as exc:
+        print(f"quaylock: {exc}", file=sys.stderr)
+        return 2
 
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces

@@ -19,6 +19,7 @@ Invariants the writes keep:
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -760,6 +761,30 @@ def _visible_size(
         )
     row = c.execute(sql, (repository_id, reference.digest)).fetchone()
     return None if row is None else row[0]
+
+
+def stored_schema_version(url: str) -> int | None:
+    """The schema version of the store at `url`, read without migrating it;
+    None when there is no store yet.
+
+    Raises:
+        ValueError: the URL names an engine this build does not support.
+    """
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"unsupported metadata url {url!r}: use sqlite:///PATH")
+    path = url[len("sqlite:///") :]
+    if not os.path.exists(path):
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        row = conn.execute(
+            "SELECT version FROM schema_version"
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return 0  # a store from before versions were kept
+    finally:
+        conn.close()
+    return row[0] if row else 0
 
 
 def open_store(url: str) -> SQLiteStore:

@@ -1,0 +1,137 @@
+"""What an installation tells about itself: its version to admins (never
+to anonymous clients), its SBOM, and its schema, which `quaylock migrate`
+moves on and an older quaylock refuses to touch."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import quaylock
+from quaylock.metadata.schema import SCHEMA_VERSION
+from tests.conftest import start_server
+
+ADMIN = ("admin", "admin-password-1")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "quaylock.cli.main", *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def registry(make_server):
+    return make_server(
+        {"auth": {"mode": "token"}}, env={"QUAYLOCK_ADMIN_PASSWORD": ADMIN[1]}
+    )
+
+
+def test_the_version_is_pyprojects():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert quaylock.__version__ == declared["version"]
+    printed = run("--version")
+    assert printed.stdout.strip() == f"quaylock {declared['version']}"
+
+
+def test_admins_read_versions_and_anonymous_clients_learn_none(registry):
+    with registry.client() as client:
+        report = client.get("/admin/v1/version", auth=ADMIN)
+        assert report.status_code == 200, report.text
+        body = report.json()
+        assert body["quaylock"] == quaylock.__version__
+        assert body["python"]["version"] == sys.version.split()[0]
+        assert body["schema"] == {"code": SCHEMA_VERSION, "store": SCHEMA_VERSION}
+        for name in ("granian", "cryptography", "pyjwt", "pyyaml"):
+            assert body["dependencies"][name] == importlib.metadata.version(name)
+
+        assert client.get("/admin/v1/version").status_code == 401
+        assert (
+            client.get("/admin/v1/version", auth=("admin", "wrong")).status_code == 401
+        )
+        # Nothing an anonymous client can reach names a version.
+        versions = {quaylock.__version__, importlib.metadata.version("granian"),
+                    sys.version.split()[0]}  # fmt: skip
+        for answer in (
+            client.get("/v2/"),
+            client.get("/v2/no/such/manifests/x"),
+            client.get("/nowhere"),
+            client.get("/v2/token", params={"service": "quaylock"}, auth=("x", "y")),
+            client.get("/admin/v1/version"),
+        ):
+            seen = answer.text + " ".join(
+                f"{k}: {v}" for k, v in answer.headers.items()
+            )
+            assert not [v for v in versions if v in seen], (answer.url, seen)
+
+
+def test_the_sbom_is_cyclonedx_and_matches_what_is_installed(registry):
+    with registry.client() as client:
+        answer = client.get("/admin/v1/sbom", auth=ADMIN)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "application/vnd.cyclonedx+json"
+        sbom = answer.json()
+        assert sbom["bomFormat"] == "CycloneDX"
+        assert sbom["metadata"]["component"]["name"] == "quaylock"
+        tools = sbom["metadata"]["tools"]["components"]
+        assert "cyclonedx-py" in [t["name"] for t in tools]
+        listed = {c["name"].lower(): c["version"] for c in sbom["components"]}
+        assert listed["granian"] == importlib.metadata.version("granian")
+        assert listed["cryptography"] == importlib.metadata.version("cryptography")
+        report = client.get("/admin/v1/version", auth=ADMIN).json()
+        assert report["sbom"]["present"] is True
+        assert report["sbom"]["differences"] == []
+        assert client.get("/admin/v1/sbom").status_code == 401
+
+
+def test_sbom_drift_names_each_difference():
+    from quaylock.about import sbom_drift
+
+    sbom = {"components": [
+        {"type": "library", "name": "Granian", "version": "2.8.9"},
+        {"type": "library", "name": "gone", "version": "1.0"},
+        {"type": "library", "name": "PyYAML", "version": "6.0.4"},
+    ]}  # fmt: skip
+    present = {"granian": "2.9.0", "pyyaml": "6.0.4", "new-one": "0.1"}
+    assert sbom_drift(sbom, present) == [
+        "gone 1.0 is in the SBOM but not installed",
+        "granian is 2.9.0, the SBOM says 2.8.9",
+        "new-one 0.1 is installed but not in the SBOM",
+    ]
+
+
+def test_migrate_moves_a_store_on_and_an_older_quaylock_refuses_a_newer_one(
+    tmp_path,
+):
+    # Where start_server below keeps its data.
+    data = tmp_path / "serve" / "data"
+    data.mkdir(parents=True)
+    check = run("migrate", "--check", "--data", str(data))
+    assert check.returncode == 1, check.stderr
+    assert json.loads(check.stdout) == {
+        "schema": None, "target": SCHEMA_VERSION, "migrated": False,
+    }  # fmt: skip
+    done = run("migrate", "--data", str(data))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["migrated"] is True
+    assert run("migrate", "--check", "--data", str(data)).returncode == 0
+
+    # A newer quaylock has been here: this one must not start on its store.
+    database = sqlite3.connect(data / "metadata.db")
+    database.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    database.commit()
+    database.close()
+    refused = run("migrate", "--data", str(data))
+    assert refused.returncode == 2
+    assert "upgrade quaylock" in refused.stderr
+    with pytest.raises(RuntimeError, match="upgrade quaylock before starting it"):
+        start_server(tmp_path / "serve")
