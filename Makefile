@@ -8,7 +8,7 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-deps lock clean sbom
+.PHONY: serve test test-deps lock clean sbom audit
 
 $(VENV)/.runtime: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,21 @@ lock:
 	.lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
 		--no-emit-find-links --no-emit-index-url -o requirements-tools.lock requirements-tools.in
 	rm -rf .lock-venv
+
+# Offline audit of both locks against a local advisory snapshot (the PyPA
+# database). Where the snapshot sits: beside this checkout, else beside the
+# repository it was cloned from (CI clones /work/main into /tmp).
+ADVISORIES ?= $(firstword $(wildcard ../shared/advisories/pypa \
+	$(shell git config remote.origin.url 2>/dev/null)/../shared/advisories/pypa))
+
+audit: $(VENV)/.runtime
+	@test -n "$(ADVISORIES)" || { echo "audit: no advisory snapshot found in" \
+		"../shared/advisories/pypa or beside the origin repository;" \
+		"set ADVISORIES=path to a PyPA advisory-database snapshot" >&2; exit 2; }
+	@status=0; for lock in requirements.lock requirements-test.lock; do \
+		$(BIN)/python -m quaylock.supply.audit --advisories $(ADVISORIES) \
+			--lock $$lock || { rc=$$?; [ $$rc -gt $$status ] && status=$$rc; }; \
+	done; exit $$status
 
 clean:
 	rm -rf $(VENV) $(TOOLS) data
