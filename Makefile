@@ -26,7 +26,7 @@ serve: $(VENV)/.runtime
 test-deps:
 	./scripts/test-deps
 
-test: $(VENV)/.test test-deps sbom
+test: $(VENV)/.test test-deps sbom audit
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Tools that look at the registry from outside live in their own venv, so
@@ -41,7 +41,8 @@ $(TOOLS)/.installed: requirements-tools.lock
 # A CycloneDX SBOM of what is installed in .venv, where the admin API
 # (/admin/v1/sbom) and `quaylock doctor` find it.
 SBOM := $(VENV)/share/quaylock/sbom.cdx.json
-sbom: $(VENV)/.runtime $(TOOLS)/.installed
+sbom: $(SBOM)
+$(SBOM): $(VENV)/.runtime $(wildcard $(VENV)/.test) $(TOOLS)/.installed
 	mkdir -p $(dir $(SBOM))
 	$(TOOLS)/bin/cyclonedx-py environment --pyproject pyproject.toml \
 		--output-reproducible --of JSON -o $(SBOM) $(BIN)/python
@@ -65,14 +66,19 @@ lock:
 ADVISORIES ?= $(firstword $(wildcard ../shared/advisories/pypa \
 	$(shell git config remote.origin.url 2>/dev/null)/../shared/advisories/pypa))
 
-audit: $(VENV)/.runtime
+LOCKS := requirements.lock requirements-test.lock requirements-tools.lock
+
+# The offline audit gates; pip-audit then asks its online service, and says
+# plainly which pins it could not audit (scripts/online-audit).
+audit: $(VENV)/.runtime $(TOOLS)/.installed
 	@test -n "$(ADVISORIES)" || { echo "audit: no advisory snapshot found in" \
 		"../shared/advisories/pypa or beside the origin repository;" \
 		"set ADVISORIES=path to a PyPA advisory-database snapshot" >&2; exit 2; }
-	@status=0; for lock in requirements.lock requirements-test.lock; do \
+	@status=0; for lock in $(LOCKS); do \
 		$(BIN)/python -m quaylock.supply.audit --advisories $(ADVISORIES) \
 			--lock $$lock || { rc=$$?; [ $$rc -gt $$status ] && status=$$rc; }; \
 	done; exit $$status
+	@$(TOOLS)/bin/python scripts/online-audit $(TOOLS)/bin/pip-audit $(LOCKS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) data

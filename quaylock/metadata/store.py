@@ -777,9 +777,7 @@ def stored_schema_version(url: str) -> int | None:
         return None
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
-        row = conn.execute(
-            "SELECT version FROM schema_version"
-        ).fetchone()
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
     except sqlite3.OperationalError:
         return 0  # a store from before versions were kept
     finally:
