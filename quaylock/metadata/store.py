@@ -237,25 +237,34 @@ class SQLiteStore:
         return [name for (name,) in rows]
 
     def recent_tags(
-        self, c: sqlite3.Connection | None, repository: str, limit: int
-    ) -> list[str]:
-        """The `limit` tags of `repository` that moved last (for the
-        look-alike guard): `latest` and the newest releases first."""
+        self,
+        c: sqlite3.Connection | None,
+        repository: str,
+        limit: int,
+        since: float = 0.0,
+    ) -> list[tuple[str, float]]:
+        """The `limit` tags of `repository` that moved last, at `since` or
+        later, with when they moved (for the look-alike guard): `latest`
+        and the newest releases first."""
         conn = c or self._reader
         rows = conn.execute(
-            "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id "
-            "WHERE r.name = ? ORDER BY t.updated_at DESC LIMIT ?",
-            (repository, limit),
+            "SELECT t.name, t.updated_at FROM tags t "
+            "JOIN repositories r ON r.id = t.repository_id "
+            "WHERE r.name = ? AND t.updated_at >= ? "
+            "ORDER BY t.updated_at DESC LIMIT ?",
+            (repository, since, limit),
         )
-        return [name for (name,) in rows]
+        return rows.fetchall()
 
-    def oldest_repositories(self, limit: int) -> list[str]:
-        """The `limit` repositories created first (for the look-alike
-        guard): the established names a new one would imitate."""
+    def oldest_repositories(self, limit: int, after: int = 0) -> list[tuple[int, str]]:
+        """Ids and names of the `limit` repositories created first, after
+        the one numbered `after` (for the look-alike guard: the established
+        names a new one would imitate)."""
         rows = self._reader.execute(
-            "SELECT name FROM repositories ORDER BY id LIMIT ?", (limit,)
+            "SELECT id, name FROM repositories WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit),
         )
-        return [name for (name,) in rows]
+        return rows.fetchall()
 
     async def list_tags(
         self, repository: str, limit: int, last: str | None

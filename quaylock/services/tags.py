@@ -27,12 +27,23 @@ from quaylock.config import TagRule, TagsConfig, tag_rule
 from quaylock.errors import Denied, Held
 from quaylock.metadata import audit, policy
 from quaylock.policy.access import matches
-from quaylock.policy.lookalike import find_lookalikes
+from quaylock.policy.lookalike import NameIndex
 
+# The look-alike guard keeps the names it protects normalised (a NameIndex)
+# between pushes: normalising 10,000 long tags costs tens of milliseconds
+# inside the writing transaction, screening one candidate a few. A
+# repository's tags are read again (those that moved since) at most every
+# _GUARDED_SECONDS, repositories (those created since, by rowid) on every
+# check; both are rebuilt whole every _REBUILD_SECONDS, which drops names
+# deleted meanwhile.
 _GUARDED_SECONDS = 2.0
+_REBUILD_SECONDS = 60.0
 
 # A tag that names a release: versions such as 1.2.3, v2, 2024.01.
-_RELEASE_RE = re.compile(r"v?[0-9]+(\.[0-9]+)*([-+][0-9A-Za-z.-]+)?")
+# At most 40 characters, with a short suffix (1.2.3-rc1, 2.0-alpine3.19): a
+# tag with a long hash after its version is for machines, and guarding it
+# would let anyone make every push compare long names (bench/lookalike.py).
+_RELEASE_RE = re.compile(r"(?=.{1,40}\Z)v?[0-9]+(\.[0-9]+)*([-+][0-9A-Za-z.-]{1,32})?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +76,10 @@ class TagGuard:
     def __init__(self, config: TagsConfig, store):
         self.config = config
         self.store = store
-        self._guarded_cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        # (repository, rule) -> [read again at, rebuilt at, newest move seen, index]
+        self._guarded_cache: dict[tuple[str, int], list] = {}
+        # [rebuilt at, newest repository id seen, index], or None
+        self._repositories: list | None = None
         # (policy version, [(label, rule)], allowed names) as last loaded.
         self._loaded: tuple[int, list[tuple[str, TagRule]], frozenset] = (
             -1,
@@ -166,19 +180,13 @@ class TagGuard:
         """Add a tag this process creates to the cached guarded tags, so the
         cache never hides a tag created here."""
         cached = self._guarded_cache.get((repository, id(rule)))
-        if cached is not None and (
-            _fullmatch_any(rule.protected, tag)
-            or _fullmatch_any(rule.immutable, tag)
-            or _RELEASE_RE.fullmatch(tag)
-        ):
-            cached[1].append(tag)
+        if cached is not None and _guards(rule, tag):
+            cached[3].add(tag)
 
     def _check_lookalike(self, store, c, repository, tag, rule, where, actor) -> None:
         if tag in rule.lookalike_allow or ("tag", repository, tag) in self._loaded[2]:
             return
-        found = find_lookalikes(
-            tag, self._guarded(store, c, repository, rule), kind="tag"
-        )
+        found = self._guarded(store, c, repository, rule).find(tag)
         if not found:
             return
         reason = f"new tag {tag!r} in {repository} looks like {found[0].existing!r}: {found[0].reason}"
@@ -191,33 +199,58 @@ class TagGuard:
             raise Held(f"{reason} ({where} lookalike is hold)")
         _alert(c, actor, repository, tag, reason, "look-alike tag allowed")
 
-    def _guarded(self, store, c, repository: str, rule: TagRule) -> list[str]:
+    def _guarded(self, store, c, repository: str, rule: TagRule) -> NameIndex:
         """The tags a new tag must not resemble: protected, immutable and
         version tags, among the `tags.lookalike_max_names` that moved last.
-        Read at most every `_GUARDED_SECONDS` per repository, since the read
-        runs inside the writing transaction. Tags this process creates are added at once
-        (`_remember`); one created by another worker in that window is
-        missed, which a heuristic guard can afford."""
+        Tags this process creates are added at once (`_remember`); one
+        created by another worker is seen within `_GUARDED_SECONDS`, which
+        a heuristic guard can afford."""
         key = (repository, id(rule))
         cached = self._guarded_cache.get(key)
         now = time.monotonic()
         if cached is not None and cached[0] > now:
-            return cached[1]
+            return cached[3]
         cap = self.config.lookalike_max_names
-        recent = store.recent_tags(c, repository, cap)
-        if len(recent) == cap:
-            _warn_capped(f"tags of {repository}", cap)
-        guarded = [
-            t
-            for t in recent
-            if _fullmatch_any(rule.protected, t)
-            or _fullmatch_any(rule.immutable, t)
-            or _RELEASE_RE.fullmatch(t)
-        ]
-        if len(self._guarded_cache) > 10_000:
-            self._guarded_cache.clear()
-        self._guarded_cache[key] = (now + _GUARDED_SECONDS, guarded)
-        return guarded
+        if cached is None or cached[1] <= now or len(cached[3]) > cap:
+            rows = store.recent_tags(c, repository, cap)
+            if len(rows) == cap:
+                _warn_capped(f"tags of {repository}", cap)
+            index = NameIndex((t for t, _ in rows if _guards(rule, t)), "tag")
+            cached = [0.0, now + _REBUILD_SECONDS, rows[0][1] if rows else 0.0, index]
+            if len(self._guarded_cache) > 10_000:
+                self._guarded_cache.clear()
+            self._guarded_cache[key] = cached
+        else:
+            rows = store.recent_tags(c, repository, cap, since=cached[2])
+            for name, _ in rows:
+                if _guards(rule, name):
+                    cached[3].add(name)
+            if rows:
+                cached[2] = rows[0][1]
+        cached[0] = now + _GUARDED_SECONDS
+        return cached[3]
+
+    def _repository_index(self, store) -> NameIndex:
+        """The repositories a new one must not resemble: the
+        `tags.lookalike_max_names` created first."""
+        cap = self.config.lookalike_max_names
+        now = time.monotonic()
+        cached = self._repositories
+        if cached is None or cached[0] <= now:
+            rows = store.oldest_repositories(cap)
+            cached = [now + _REBUILD_SECONDS, 0, NameIndex((), "repository")]
+            self._repositories = cached
+        elif len(cached[2]) < cap:
+            rows = store.oldest_repositories(cap - len(cached[2]), after=cached[1])
+        else:
+            rows = []
+        for number, name in rows:
+            cached[2].add(name)
+        if rows:
+            cached[1] = rows[-1][0]
+        if len(cached[2]) >= cap:
+            _warn_capped("repositories", cap)
+        return cached[2]
 
     def check_new_repository(self, store, repository: str, actor: Actor) -> None:
         """The look-alike guard for a repository that does not exist yet.
@@ -233,11 +266,7 @@ class TagGuard:
             or self._allowed("repository", "", repository)
         ):
             return
-        cap = self.config.lookalike_max_names
-        existing = store.oldest_repositories(cap)
-        if len(existing) == cap:
-            _warn_capped("repositories", cap)
-        found = find_lookalikes(repository, existing, kind="repository")
+        found = self._repository_index(store).find(repository)
         if not found:
             return
         reason = (
@@ -256,6 +285,15 @@ class TagGuard:
 
 
 _warned_capped: set[str] = set()
+
+
+def _guards(rule: TagRule, tag: str) -> bool:
+    """Whether new tags must not resemble `tag` under `rule`."""
+    return bool(
+        _fullmatch_any(rule.protected, tag)
+        or _fullmatch_any(rule.immutable, tag)
+        or _RELEASE_RE.fullmatch(tag)
+    )
 
 
 def _warn_capped(what: str, cap: int) -> None:
