@@ -29,10 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
 
-    from quaylock.cli import accounts, audit
+    from quaylock.cli import accounts, audit, doctor
 
     accounts.add_parsers(commands)
     audit.add_parsers(commands)
+    doctor.add_parsers(commands)
     quota = commands.add_parser(
         "quota", help="stored bytes against quota, per repository, namespace and user"
     )
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             return _gc(args)
         if args.command == "migrate":
             return _migrate(args)
+        if args.command == "doctor":
+            return doctor.run(args)
         return accounts.run(args)
     except config_mod.ConfigError as exc:
         print(f"quaylock: configuration error: {exc}", file=sys.stderr)

@@ -1,0 +1,622 @@
+"""`quaylock doctor`: audit a configuration, its files and a running registry.
+
+Each check returns `Finding`s: what is wrong, how bad it is, and the exact
+setting or command that fixes it. The severities follow one rule, so that a
+deployment can be gated on them (the command exits 1 on any high finding):
+
+- high: a stranger on the network can write to the registry, read a secret
+  or a credential in transit, or the registry does not answer as it should;
+- medium: a defence that bounds the damage is off (quotas, size limits, rate
+  limits, a protected ``latest``), the store is readable by other local
+  users, or the registry tells strangers more than it must;
+- low: hygiene, or a risk that depends on what surrounds the registry (a
+  proxy, cron, a closed network), which doctor cannot see.
+
+The checks read; they never change a file or a setting. `check_running`
+makes five GET requests and follows no redirect.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import re
+import ssl
+import stat
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from quaylock.config import RATE_CLASSES, Config, LimitsConfig
+
+HIGH, MEDIUM, LOW = "high", "medium", "low"
+SEVERITIES = (HIGH, MEDIUM, LOW)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing an auditor would flag, and how to put it right."""
+
+    severity: str  # HIGH, MEDIUM or LOW
+    code: str  # stable and greppable: "auth-off-public"
+    message: str  # what is wrong, with the values that make it wrong
+    fix: str  # the setting or command that puts it right
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address, or ``localhost``) is on this machine only.
+    Other names are not resolved: doctor takes them as reachable."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+# Configuration
+
+
+def check_config(config: Config) -> list[Finding]:
+    """Findings about the settings alone: who may reach and write to the
+    registry, and which defences are off."""
+    return [
+        *_exposure(config),
+        *_anonymous_writes(config),
+        *_flood_defences(config),
+        *_size_limits(config.limits),
+        *_tag_defences(config),
+    ]
+
+
+def _exposure(config: Config) -> list[Finding]:
+    """Authentication and TLS against the address the server listens on."""
+    findings = []
+    public = not is_loopback(config.host)
+    if config.auth.mode == "none" and public:
+        findings.append(Finding(
+            HIGH, "auth-off-public",
+            f"authentication is off (auth.mode: none) and the registry listens "
+            f"on {config.listen}: anyone who reaches it may push, overwrite and "
+            "delete",
+            "set auth.mode: token (the default), or listen on 127.0.0.1 only",
+        ))  # fmt: skip
+    elif config.auth.mode == "none":
+        findings.append(Finding(
+            LOW, "auth-off-loopback",
+            f"authentication is off (auth.mode: none) on {config.listen}: every "
+            "local user and process may push, overwrite and delete",
+            "set auth.mode: token unless this is a test registry",
+        ))  # fmt: skip
+    if public and not config.tls.cert and not config.server.trusted_proxies:
+        findings.append(Finding(
+            HIGH, "tls-off-public",
+            f"no TLS (tls.cert and tls.key unset) on {config.listen}: passwords "
+            "and tokens cross the network in clear text",
+            "set tls.cert and tls.key to a PEM certificate chain and its key, or "
+            "end TLS at a proxy and list it in server.trusted_proxies",
+        ))  # fmt: skip
+    elif public and not config.tls.cert:
+        findings.append(Finding(
+            LOW, "tls-at-proxy",
+            f"no TLS on {config.listen}; server.trusted_proxies says TLS ends at "
+            f"a proxy ({', '.join(config.server.trusted_proxies)}), so the hop "
+            "from the proxy to quaylock is in clear text",
+            "listen only where the proxy reaches (127.0.0.1 for a proxy on this "
+            "host), or set tls.cert and tls.key for that hop too",
+        ))  # fmt: skip
+    if _everyone(config.metrics.allow):
+        findings.append(Finding(
+            MEDIUM, "metrics-allow-everyone",
+            f"metrics.allow ({', '.join(config.metrics.allow)}) lets every "
+            "address read /metrics without credentials",
+            "list only your Prometheus server's address in metrics.allow",
+        ))  # fmt: skip
+    if _everyone(config.server.trusted_proxies):
+        findings.append(Finding(
+            MEDIUM, "trusted-proxies-everyone",
+            "server.trusted_proxies trusts every address: any client names its "
+            "own address in the forwarding header, and so escapes rate limits "
+            "and login lockouts, or passes as loopback for /metrics",
+            "list only your proxies' addresses in server.trusted_proxies",
+        ))  # fmt: skip
+    return findings
+
+
+def _everyone(patterns: list) -> bool:
+    """Whether a list of addresses and CIDR ranges holds a /0."""
+    for pattern in patterns:
+        try:
+            if ipaddress.ip_network(pattern, strict=False).prefixlen == 0:
+                return True
+        except ValueError:
+            continue  # config.load refused it already
+    return False
+
+
+# Actions that change what a repository holds; "*" is all of them.
+WRITE_ACTIONS = frozenset({"push", "delete", "tag-admin", "*"})
+
+
+def _anonymous_writes(config: Config) -> list[Finding]:
+    """Rules that let anyone write. A rule for `anonymous` grants everyone,
+    signed in or not (policy/access.py), so one such rule is enough."""
+    findings = []
+    for i, rule in enumerate(config.auth.rules):
+        writes = sorted(WRITE_ACTIONS & set(rule.actions))
+        if "anonymous" in rule.subjects and writes:
+            findings.append(Finding(
+                HIGH, "anonymous-push",
+                f"auth.rules[{i}] grants {', '.join(writes)} on "
+                f"{', '.join(rule.repositories)} to anonymous: anyone, signed in "
+                "or not, may change those repositories",
+                f"grant only pull to anonymous in auth.rules[{i}]; give writers a "
+                "rule of their own (user:NAME, group:NAME or robot:NAME)",
+            ))  # fmt: skip
+    return findings
+
+
+def _flood_defences(config: Config) -> list[Finding]:
+    """Rate limits and quotas."""
+    findings = []
+    rates = config.rate_limits
+    if not rates.enabled:
+        findings.append(Finding(
+            MEDIUM, "rate-limits-off",
+            "rate limits are off (rate_limits.enabled: false): one client can "
+            "crowd out every other",
+            "set rate_limits.enabled: true (the default)",
+        ))  # fmt: skip
+    else:
+        for name in RATE_CLASSES:
+            if not getattr(rates, name).per_minute:
+                findings.append(Finding(
+                    LOW, "rate-limit-class-off",
+                    f"rate_limits.{name}.per_minute is 0: {name} requests are "
+                    "not rate limited",
+                    f"set rate_limits.{name}.per_minute and "
+                    f"rate_limits.{name}.burst",
+                ))  # fmt: skip
+    quotas = config.quotas
+    if not (
+        quotas.repository_max_bytes
+        or quotas.namespace_max_bytes
+        or quotas.user_max_bytes
+        or any(override["max_bytes"] for override in quotas.overrides)
+    ):
+        findings.append(Finding(
+            MEDIUM, "no-quotas",
+            "no quota is set (quotas.repository_max_bytes, namespace_max_bytes "
+            "and user_max_bytes are 0, no override sets one): one user can fill "
+            "the store",
+            "set quotas.namespace_max_bytes and quotas.user_max_bytes (for "
+            "example 107374182400, 100 GiB); raise them for big namespaces in "
+            "quotas.overrides",
+        ))  # fmt: skip
+    return findings
+
+
+# quaylock's size limits cannot be switched off (the byte limits must be at
+# least 1; chunk_max_bytes 0 means "as blob_max_bytes"), so a limit counts as
+# off when it is set so high that it bounds nothing: past this many times
+# its default.
+SIZE_LIMIT_FACTOR = 16
+_DEFAULT_LIMITS = LimitsConfig()
+_SIZE_LIMITS = (
+    "manifest_max_bytes", "blob_max_bytes", "body_max_bytes",
+    "manifest_max_layers", "index_max_children",
+)  # fmt: skip
+
+
+def _size_limits(limits: LimitsConfig) -> list[Finding]:
+    """Size limits set too high to bound anything, in the section or in
+    one of its overrides."""
+    settings = [(f"limits.{name}", getattr(limits, name)) for name in _SIZE_LIMITS]
+    settings.append(("limits.chunk_max_bytes", limits.chunk_max_bytes))
+    for i, override in enumerate(limits.overrides):
+        settings += [
+            (f"limits.overrides[{i}].{name}", value)
+            for name, value in override.items()
+            if name != "repositories"
+        ]
+    findings = []
+    for setting, value in settings:
+        name = setting.rpartition(".")[2]
+        # An unset chunk limit follows blob_max_bytes, checked on its own.
+        default = getattr(_DEFAULT_LIMITS, name) or _DEFAULT_LIMITS.blob_max_bytes
+        if value > default * SIZE_LIMIT_FACTOR:
+            findings.append(Finding(
+                MEDIUM, "size-limit-off",
+                f"{setting} is {value}, more than {SIZE_LIMIT_FACTOR} times its "
+                f"default ({default}): it bounds nothing, and one upload can "
+                "take the disk or the memory it guards",
+                f"set {setting} to the largest you expect (the default is "
+                f"{default}); give big repositories their own value in "
+                "limits.overrides",
+            ))  # fmt: skip
+    return findings
+
+
+def _tag_defences(config: Config) -> list[Finding]:
+    """A protected `latest` everywhere, and a signature policy."""
+    findings = []
+    rules = config.tags.rules
+    if not any(_protects_latest_everywhere(rule) for rule in rules):
+        findings.append(Finding(
+            MEDIUM, "latest-unprotected",
+            "no tag rule protects latest in every repository (a rule with "
+            "repositories [\"**\"] whose protected patterns match latest): "
+            "anyone who may push may move latest",
+            "add to tags.rules: {repositories: [\"**\"], protected: [\"latest\"]}",
+        ))  # fmt: skip
+    policies = config.signatures.policies
+    if rules and not policies:
+        findings.append(Finding(
+            LOW, "no-signature-policy",
+            "tag rules say who may move a tag, but no signature policy "
+            "(signatures.policies) says what it may point at: a stolen admin "
+            "credential moves latest to anything",
+            "add a signatures.policies entry with mode: tag for your release "
+            "repositories, and the cosign_keys or notation_roots that sign them",
+        ))  # fmt: skip
+    elif policies and all(policy.mode == "audit" for policy in policies):
+        findings.append(Finding(
+            LOW, "signatures-audit-only",
+            "every signature policy is mode: audit: unsigned images are counted "
+            "and logged, never refused",
+            "set mode: tag (or pull) on the policies of repositories you release "
+            "from",
+        ))  # fmt: skip
+    return findings
+
+
+def _protects_latest_everywhere(rule) -> bool:
+    """An immutable `latest` is protected too: nobody moves it at all."""
+    return "**" in rule.repositories and any(
+        re.fullmatch(pattern, "latest") for pattern in rule.protected + rule.immutable
+    )
+
+
+# Files
+
+
+# How long ago a `quaylock gc` from cron may have run for collection to count
+# as scheduled (`quaylock gc` stamps <data>/gc.last when it ends).
+GC_STAMP_MAX_AGE_SECONDS = 7 * 24 * 3600
+
+
+def check_files(config: Config) -> list[Finding]:
+    """Findings about the files the configuration names or the server
+    writes: who may read them, which are missing, which should be gone."""
+    data = Path(config.data).resolve()
+    findings = []
+    # Secrets outside the data folder.
+    if config.tls.key:
+        findings += _required_file(Path(config.tls.key), "tls.key", secret=True)
+        findings += _required_file(Path(config.tls.cert), "tls.cert")
+    for i, hook in enumerate(config.webhooks):
+        findings += _required_file(
+            Path(hook.secret_file), f"webhooks[{i}].secret_file", secret=True
+        )
+    for i, policy in enumerate(config.signatures.policies):
+        for j, path in enumerate(policy.cosign_keys):
+            where = f"signatures.policies[{i}].cosign_keys[{j}]"
+            findings += _required_file(Path(path), where)
+        for j, path in enumerate(policy.notation_roots):
+            where = f"signatures.policies[{i}].notation_roots[{j}]"
+            findings += _required_file(Path(path), where)
+
+    # The data folder, as `quaylock serve` lays it out (operations.md).
+    if not data.is_dir():
+        findings.append(Finding(
+            LOW, "data-missing",
+            f"no data folder at {data}: the files the server writes were not "
+            "checked",
+            "give the folder the server uses with --data DIR, or run doctor "
+            "again after the first start",
+        ))  # fmt: skip
+    else:
+        store_paths = [data, config.storage_root]
+        if config.metadata_url.startswith("sqlite:///"):
+            database = config.metadata_url[len("sqlite:///") :]
+            store_paths += [Path(database + suffix) for suffix in ("", "-wal", "-shm")]
+        for path in dict.fromkeys(store_paths):  # storage root may be data
+            findings += _permissions(path, secret=False)
+        keys = data / "keys"
+        for path in [keys, *sorted(keys.glob("*"))]:
+            findings += _permissions(path, secret=True)
+        password = data / "admin-password"
+        findings += _permissions(password, secret=True)
+        if password.exists():
+            findings.append(Finding(
+                MEDIUM, "admin-password-file",
+                f"{password} still holds the first admin password",
+                f"log in as admin, run `quaylock user passwd admin`, then "
+                f"`rm {password}`",
+            ))  # fmt: skip
+    findings += _collection(config)
+    return findings
+
+
+def _required_file(path: Path, setting: str, secret: bool = False) -> list[Finding]:
+    if not path.exists():
+        return [Finding(
+            HIGH, "file-missing",
+            f"{setting} names {path}, which does not exist: the server cannot "
+            "use it",
+            f"put the file at {path}, or correct {setting}",
+        )]  # fmt: skip
+    return _permissions(path, secret)
+
+
+def _permissions(path: Path, secret: bool) -> list[Finding]:
+    """Group or other permissions on a store or secret path; nothing when
+    the path does not exist. quaylock creates folders 0700 and files 0600."""
+    try:
+        info = path.stat()
+    except OSError:
+        return []
+    mode = stat.S_IMODE(info.st_mode)
+    folder = stat.S_ISDIR(info.st_mode)
+    fix = f"chmod {'700' if folder else '600'} {path}"
+    what = "folder" if folder else "file"
+    if mode & 0o002:
+        return [Finding(
+            HIGH, "world-writable",
+            f"{what} {path} is mode {mode:04o}: every local user may change it",
+            fix,
+        )]  # fmt: skip
+    if secret and mode & 0o077:
+        return [Finding(
+            HIGH, "secret-readable",
+            f"{what} {path} holds a key or password and is mode {mode:04o}: "
+            "other local users may read it (expected 0600, or 0700 for a folder)",
+            fix,
+        )]  # fmt: skip
+    if mode & 0o077:
+        return [Finding(
+            MEDIUM, "store-readable",
+            f"{what} {path} is mode {mode:04o}: other local users may read the "
+            "registry's store (expected 0700 for a folder, 0600 for a file)",
+            fix,
+        )]  # fmt: skip
+    return []
+
+
+def _collection(config: Config) -> list[Finding]:
+    """Deletes free nothing until garbage collection runs: from the server
+    (gc.interval_seconds) or from cron, which leaves <data>/gc.last."""
+    if not config.deletes or config.gc.interval_seconds:
+        return []
+    stamp = Path(config.data) / "gc.last"
+    try:
+        if time.time() - stamp.stat().st_mtime < GC_STAMP_MAX_AGE_SECONDS:
+            return []
+    except OSError:
+        pass
+    return [Finding(
+        LOW, "deletes-without-gc",
+        "deletes are on (deletes: true) but the server never collects garbage "
+        "(gc.interval_seconds: 0) and no `quaylock gc` ran in the last 7 days: "
+        "deleted images keep their disk space and count against quotas",
+        "set gc.interval_seconds: 86400, or run `quaylock gc --interval 86400` "
+        "daily from cron",
+    )]  # fmt: skip
+
+
+# A running registry
+
+# Headers that name software; Docker-Distribution-API-Version names the
+# protocol, which the spec requires, so it is not one of them.
+_SOFTWARE_HEADERS = ("server", "x-powered-by", "x-aspnet-version", "x-runtime")
+_HEADER_VERSION = re.compile(r"\d+\.\d+")
+_BODY_VERSION = re.compile(
+    r"(?i)\b(?:quaylock|granian|python|cpython|uvicorn|hypercorn|gunicorn|"
+    r"starlette|nginx|apache|openssl)[ /v-]*\d+\.\d+(?:\.\d+)*"
+    r"|\"(?:version|server_version)\"\s*:\s*\"[^\"]{1,40}\"|\bversion=\"[^\"]{1,40}\""
+)
+_BODY_MAX_BYTES = 64 * 1024
+# An error answer: a repository and tag that no registry has.
+ERROR_PROBE = "/v2/nonexistent/manifests/x"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: list  # (lower-case name, value)
+    body: bytes
+    client_address: str  # the address the server saw the request from
+
+
+def check_running(
+    url: str, cafile: str | None = None, timeout: float = 5.0
+) -> list[Finding]:
+    """Findings about the registry that answers at `url`: health, what it
+    tells an anonymous stranger, who may read /metrics.
+
+    Raises:
+        ValueError: `url` is not an http:// or https:// URL with a host.
+    """
+    findings = url_findings(url)
+    parts = urllib.parse.urlsplit(url)
+    get = _getter(parts, cafile, timeout)
+
+    try:
+        health = get("/healthz")
+    except ssl.SSLCertVerificationError as exc:
+        return [*findings, Finding(
+            HIGH, "tls-unverified",
+            f"the certificate of {url} does not verify: {exc.verify_message}",
+            "serve a certificate clients trust, or give doctor the CA that "
+            "signed it with --cafile FILE",
+        )]  # fmt: skip
+    except (OSError, http.client.HTTPException) as exc:
+        return [*findings, Finding(
+            HIGH, "unreachable",
+            f"GET {url}/healthz failed: {exc}",
+            "start the registry, or give doctor the URL it serves at",
+        )]  # fmt: skip
+
+    # Health: the process, then the stores behind it.
+    readiness = get("/readyz")
+    for path, answer in (("/healthz", health), ("/readyz", readiness)):
+        if answer.status != 200:
+            body = answer.body[:300].decode(errors="replace")
+            findings.append(Finding(
+                HIGH, "not-ready" if path == "/readyz" else "not-healthy",
+                f"GET {path} answers {answer.status}: {body}",
+                "see which store the body names; check the data folder, the "
+                "disk and the server's log",
+            ))  # fmt: skip
+
+    # What a stranger learns: the API root and an error answer.
+    answers = {"/v2/": get("/v2/"), ERROR_PROBE: get(ERROR_PROBE)}
+    metrics = get("/metrics")
+    if metrics.status == 200:
+        answers["/metrics"] = metrics
+    findings += disclosure_findings(answers)
+    findings += metrics_findings(metrics.status, metrics.client_address)
+    return findings
+
+
+def url_findings(url: str) -> list[Finding]:
+    """Findings from the URL alone: plain HTTP beyond loopback.
+
+    Raises:
+        ValueError: `url` is not an http:// or https:// URL with a host.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"--url: expected http://HOST:PORT or https://..., got {url!r}"
+        )
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        return [Finding(
+            HIGH, "plain-http",
+            f"{url} is plain HTTP beyond loopback: passwords and tokens cross "
+            "the network in clear text",
+            "serve HTTPS: set tls.cert and tls.key, or end TLS at a proxy, and "
+            "give doctor the https:// URL",
+        )]  # fmt: skip
+    return []
+
+
+def disclosure_findings(answers: dict) -> list[Finding]:
+    """Versions and software names in answers to anonymous requests, by
+    path: a version tells an attacker which advisories apply."""
+    revealed: dict[tuple[str, str], list[str]] = {}
+    for path, answer in answers.items():
+        for name, value in answer.headers:
+            if name in _SOFTWARE_HEADERS or (
+                "version" in name and name != "docker-distribution-api-version"
+            ):
+                severity = MEDIUM if _HEADER_VERSION.search(value) else LOW
+                revealed.setdefault((severity, f"{name}: {value}"), []).append(path)
+        text = answer.body[:_BODY_MAX_BYTES].decode(errors="replace")
+        for match in dict.fromkeys(m.group(0) for m in _BODY_VERSION.finditer(text)):
+            revealed.setdefault((MEDIUM, f"body: {match}"), []).append(path)
+
+    findings = []
+    for (severity, what), paths in revealed.items():
+        where = ", ".join(f"GET {path}" for path in paths)
+        if severity == MEDIUM:
+            findings.append(Finding(
+                MEDIUM, "version-disclosed",
+                f"{where} reveal a version to anyone: {what}",
+                "remove the version: strip the header or body at the proxy in "
+                "front (nginx: proxy_hide_header), or report it to quaylock",
+            ))  # fmt: skip
+        else:
+            findings.append(Finding(
+                LOW, "software-named",
+                f"{where} name the server software, without a version: {what}",
+                "strip the header at the proxy in front if you would rather not "
+                "say (nginx: proxy_hide_header Server); quaylock cannot turn "
+                "Granian's Server header off",
+            ))  # fmt: skip
+    return findings
+
+
+def metrics_findings(status: int, client_address: str) -> list[Finding]:
+    """/metrics must answer a stranger 401; from loopback, where the default
+    metrics.allow lets everyone in, doctor cannot tell."""
+    if status == 200 and not is_loopback(client_address):
+        return [Finding(
+            MEDIUM, "metrics-open",
+            f"GET /metrics answers 200 without credentials to {client_address}, "
+            "the address doctor asked from",
+            "list only your Prometheus server in metrics.allow, and check that "
+            "a proxy in front is not making every client look like loopback",
+        )]  # fmt: skip
+    return []
+
+
+def _getter(parts: urllib.parse.SplitResult, cafile: str | None, timeout: float):
+    """A function that GETs a path from the registry at `parts`, anonymously,
+    on a connection of its own, and reads at most _BODY_MAX_BYTES."""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
+
+    def get(path: str) -> Answer:
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                parts.hostname, port, timeout=timeout,
+                context=context or ssl.create_default_context(),
+            )  # fmt: skip
+        else:
+            connection = http.client.HTTPConnection(
+                parts.hostname, port, timeout=timeout
+            )
+        try:
+            connection.request("GET", parts.path.rstrip("/") + path)
+            client_address = connection.sock.getsockname()[0]
+            response = connection.getresponse()
+            body = response.read(_BODY_MAX_BYTES)
+            headers = [(name.lower(), value) for name, value in response.getheaders()]
+            return Answer(response.status, headers, body, client_address)
+        finally:
+            connection.close()
+
+    return get
+
+
+# Dependencies
+
+
+def check_dependencies(advisories: Path) -> tuple[str, list[Finding]]:
+    """The advisory database's date line, and a HIGH finding for each
+    installed package with a known vulnerability.
+
+    Raises:
+        ImportError: this build has no quaylock.supply.audit.
+    """
+    # TODO(#8): written against the interface agreed for the offline audit
+    # (audit_installed(folder) -> (date line, findings with .package,
+    # .version, .id, .summary, .fixed)) before quaylock/supply/audit.py
+    # landed; check the names and the errors it raises when it does.
+    from quaylock.supply.audit import audit_installed  # noqa: PLC0415 - optional
+
+    date_line, vulnerabilities = audit_installed(advisories)
+    findings = []
+    for vulnerability in vulnerabilities:
+        name = vulnerability.package
+        fixed = list(getattr(vulnerability, "fixed", None) or [])
+        fix = (
+            f"upgrade {name} to {' or '.join(fixed)} or newer: pin it in "
+            "requirements.in, then `make lock`"
+            if fixed
+            else f"no fixed version of {name} is known: remove or replace it"
+        )
+        findings.append(Finding(
+            HIGH, "known-vulnerable-dependency",
+            f"known-vulnerable dependency: {name} {vulnerability.version} "
+            f"({vulnerability.id}: {vulnerability.summary})",
+            fix,
+        ))  # fmt: skip
+    return date_line, findings
