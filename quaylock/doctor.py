@@ -345,6 +345,9 @@ def check_files(config: Config) -> list[Finding]:
 
 
 def _required_file(path: Path, setting: str, secret: bool = False) -> list[Finding]:
+    """A file the configuration names: it must exist; a secret must be
+    private, and public material (a certificate, a public key) must at
+    least not be writable by everyone, who could swap a trust root."""
     if not path.exists():
         return [Finding(
             HIGH, "file-missing",
@@ -352,7 +355,10 @@ def _required_file(path: Path, setting: str, secret: bool = False) -> list[Findi
             "use it",
             f"put the file at {path}, or correct {setting}",
         )]  # fmt: skip
-    return _permissions(path, secret)
+    findings = _permissions(path, secret)
+    if secret:
+        return findings
+    return [f for f in findings if f.code == "world-writable"]
 
 
 def _permissions(path: Path, secret: bool) -> list[Finding]:
