@@ -296,7 +296,7 @@ def check_files(config: Config) -> list[Finding]:
     writes: who may read them, which are missing, which should be gone."""
     data = Path(config.data).resolve()
     findings = []
-    # Secrets outside the data folder.
+    # Files the configuration names: secrets, certificates, trust roots.
     if config.tls.key:
         findings += _required_file(Path(config.tls.key), "tls.key", secret=True)
         findings += _required_file(Path(config.tls.cert), "tls.cert")
