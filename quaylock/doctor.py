@@ -596,23 +596,19 @@ def _getter(parts: urllib.parse.SplitResult, cafile: str | None, timeout: float)
 
 
 def check_dependencies(advisories: Path) -> tuple[str, list[Finding]]:
-    """The advisory database's date line, and a HIGH finding for each
-    installed package with a known vulnerability.
+    """The advisory folder's date line, and a HIGH finding for each
+    installed distribution with a known vulnerability.
 
     Raises:
-        ImportError: this build has no quaylock.supply.audit.
+        AdvisoryError: the folder is missing, or an advisory in it is broken.
     """
-    # TODO(#8): written against the interface agreed for the offline audit
-    # (audit_installed(folder) -> (date line, findings with .package,
-    # .version, .id, .summary, .fixed)) before quaylock/supply/audit.py
-    # landed; check the names and the errors it raises when it does.
-    from quaylock.supply.audit import audit_installed  # noqa: PLC0415 - optional
+    from quaylock.supply.audit import audit_installed  # noqa: PLC0415 - --deps only
 
     date_line, vulnerabilities = audit_installed(advisories)
     findings = []
     for vulnerability in vulnerabilities:
         name = vulnerability.package
-        fixed = list(getattr(vulnerability, "fixed", None) or [])
+        fixed = list(vulnerability.fixed)
         fix = (
             f"upgrade {name} to {' or '.join(fixed)} or newer: pin it in "
             "requirements.in, then `make lock`"
@@ -622,7 +618,7 @@ def check_dependencies(advisories: Path) -> tuple[str, list[Finding]]:
         findings.append(Finding(
             HIGH, "known-vulnerable-dependency",
             f"known-vulnerable dependency: {name} {vulnerability.version} "
-            f"({vulnerability.id}: {vulnerability.summary})",
+            f"({vulnerability.advisory_id}: {vulnerability.summary})",
             fix,
         ))  # fmt: skip
     return date_line, findings

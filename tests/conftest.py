@@ -157,3 +157,30 @@ def require_tool(name: str) -> str:
             f"{name} is not installed; run `make test-deps` (scripts/test-deps)"
         )
     return path
+
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def snapshot() -> Path:
+    """The PyPA snapshot: QUAYLOCK_ADVISORIES, else the Makefile's places."""
+    if configured := os.environ.get("QUAYLOCK_ADVISORIES"):
+        if not Path(configured).is_dir():
+            pytest.fail(f"QUAYLOCK_ADVISORIES={configured} is not a folder")
+        return Path(configured)
+    origin = subprocess.run(
+        ["git", "config", "remote.origin.url"],
+        cwd=_ROOT, capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    candidates = [_ROOT / "../shared/advisories/pypa"]
+    if origin:
+        candidates.append(Path(origin) / "../shared/advisories/pypa")
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    pytest.fail(
+        "no PyPA advisory snapshot in "
+        + " or ".join(str(c) for c in candidates)
+        + ": set QUAYLOCK_ADVISORIES=path to one"
+    )

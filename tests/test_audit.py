@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -306,30 +305,6 @@ def test_missing_advisory_folder_exits_2(tmp_path):
 
 
 # --- The real PyPA snapshot -----------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def snapshot() -> Path:
-    """The PyPA snapshot: QUAYLOCK_ADVISORIES, else the Makefile's places."""
-    if configured := os.environ.get("QUAYLOCK_ADVISORIES"):
-        if not Path(configured).is_dir():
-            pytest.fail(f"QUAYLOCK_ADVISORIES={configured} is not a folder")
-        return Path(configured)
-    origin = subprocess.run(
-        ["git", "config", "remote.origin.url"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    ).stdout.strip()  # fmt: skip
-    candidates = [ROOT / "../shared/advisories/pypa"]
-    if origin:
-        candidates.append(Path(origin) / "../shared/advisories/pypa")
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.resolve()
-    pytest.fail(
-        "no PyPA advisory snapshot in "
-        + " or ".join(str(c) for c in candidates)
-        + ": set QUAYLOCK_ADVISORIES=path to one"
-    )
 
 
 # Looked up in the snapshot: each lists the version, or a range holds it.

@@ -9,6 +9,7 @@ finding can only come from that change.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import os
 import shutil
@@ -24,7 +25,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from quaylock import doctor
-from quaylock.cli.main import main as quaylock_main
 from tests.conftest import start_server
 
 HARDENED = Path(__file__).resolve().parent.parent / "docs/examples/hardened.yaml"
@@ -467,52 +467,49 @@ def test_protocol_version_header_is_not_a_disclosure():
     assert doctor.disclosure_findings({"/v2/": answer}) == []
 
 
-# Dependencies (quaylock.supply.audit: another change; a stand-in here)
+# Dependencies (quaylock.supply.audit)
 
 
-def test_vulnerable_dependency_is_high_with_the_fixed_version(
-    tmp_path, hardened, monkeypatch, capsys
+def test_the_installed_dependencies_pass_against_the_pypa_snapshot(
+    tmp_path, hardened, snapshot
 ):
-    asked = []
-
-    def audit_installed(folder: Path):
-        asked.append(folder)
-        return "advisories as of 2026-11-30", [
-            types.SimpleNamespace(
-                package="pyyaml", version="5.3", id="PYSEC-2021-142",
-                summary="arbitrary code execution in full_load", fixed=["5.4"],
-            ),
-        ]  # fmt: skip
-
-    stand_in = types.ModuleType("quaylock.supply.audit")
-    stand_in.audit_installed = audit_installed
-    monkeypatch.setitem(sys.modules, "quaylock.supply", types.ModuleType("supply"))
-    monkeypatch.setitem(sys.modules, "quaylock.supply.audit", stand_in)
-    # main() passes --config and --data on as environment variables;
-    # setting them here first makes monkeypatch remove them afterwards.
-    monkeypatch.setenv("QUAYLOCK_CONFIG_FILE", "")
-    monkeypatch.setenv("QUAYLOCK_DATA", "")
     config = tmp_path / "quaylock.yaml"
     config.write_text(yaml.safe_dump(hardened.settings))
-    status = quaylock_main([
-        "doctor", "--config", str(config), "--data", str(hardened.data),
-        "--deps", "--advisories", str(tmp_path / "advisories"),
-    ])  # fmt: skip
-    out = capsys.readouterr().out
-    assert asked == [tmp_path / "advisories"]
-    assert out.splitlines()[0] == "advisories as of 2026-11-30"
-    assert "HIGH    known-vulnerable-dependency: known-vulnerable dependency: " in out
-    assert "pyyaml 5.3 (PYSEC-2021-142" in out
-    assert "fix: upgrade pyyaml to 5.4 or newer" in out
+    result = run_doctor("--config", str(config), "--data", str(hardened.data),
+                        "--deps", "--advisories", str(snapshot))  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(PyPA snapshot, newest entry 2024-10-10)" in result.stdout.splitlines()[0]
+    assert "known-vulnerable-dependency" not in result.stdout
+
+
+def test_an_installed_version_an_advisory_names_is_high_with_its_fix(
+    tmp_path, hardened
+):
+    # An advisory, in the snapshot's layout, against the PyYAML installed here.
+    installed = importlib.metadata.version("pyyaml")
+    folder = tmp_path / "advisories" / "vulns" / "pyyaml"
+    folder.mkdir(parents=True)
+    (folder / "PYSEC-9999-1.yaml").write_text(yaml.safe_dump({
+        "id": "PYSEC-9999-1", "modified": "2026-11-30T00:00:00Z",
+        "aliases": ["CVE-9999-0001"],
+        "summary": "a test advisory against the installed PyYAML",
+        "affected": [{
+            "package": {"ecosystem": "PyPI", "name": "PyYAML"},
+            "ranges": [{"type": "ECOSYSTEM",
+                        "events": [{"introduced": "0"}, {"fixed": "999.0"}]}],
+        }],
+    }))  # fmt: skip
+    status, findings = audit(tmp_path, hardened.settings, hardened.data, "--deps",
+                             "--advisories", str(tmp_path / "advisories"))  # fmt: skip
     assert status == 1
+    (found,) = [f for f in findings if f["code"] == "known-vulnerable-dependency"]
+    assert found["severity"] == "high"
+    assert f"pyyaml {installed} (PYSEC-9999-1" in found["message"]
+    assert "upgrade pyyaml to 999.0 or newer" in found["fix"]
 
 
-def test_deps_without_the_audit_module_exits_2(tmp_path, monkeypatch, capsys):
-    # None in sys.modules makes the import fail, as in a build without it.
-    monkeypatch.setitem(sys.modules, "quaylock.supply.audit", None)
-    monkeypatch.setenv("QUAYLOCK_CONFIG_FILE", "")
-    status = quaylock_main([
-        "doctor", "--config", str(HARDENED), "--deps", "--advisories", str(tmp_path)
-    ])  # fmt: skip
-    assert status == 2
-    assert "quaylock.supply.audit" in capsys.readouterr().err
+def test_deps_with_a_missing_advisory_folder_exits_2(tmp_path):
+    result = run_doctor("--config", str(HARDENED), "--deps",
+                        "--advisories", str(tmp_path / "nowhere"))  # fmt: skip
+    assert result.returncode == 2
+    assert "nowhere" in result.stderr
