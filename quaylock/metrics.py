@@ -199,8 +199,14 @@ class Metrics:
                     data = path.read_bytes()
                 except OSError:
                     continue
-                if len(data) == self._size:
-                    totals = [a + b for a, b in zip(totals, self._layout.unpack(data))]
+                if len(data) != self._size:
+                    continue
+                values = list(self._layout.unpack(data))
+                if not _alive(path.stem):
+                    # A worker that died mid-request keeps its counts, but
+                    # its requests are no longer in flight.
+                    values[self._in_flight] = 0.0
+                totals = [a + b for a, b in zip(totals, values)]
         return totals
 
     def value(self, name: str, **labels: str) -> float:
@@ -213,10 +219,11 @@ class Metrics:
         lines = []
         for name, (help_text, series) in COUNTERS.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+            # Every series, zeros too: a series that first appears at 356
+            # has no increase to show for its first 356.
             for labels in series:
                 value = totals[_SLOTS[(name, labels)]]
-                if value:
-                    lines.append(f"{name}{_labels(labels)} {_number(value)}")
+                lines.append(f"{name}{_labels(labels)} {_number(value)}")
         if self.routes:
             lines += self._render_requests(totals)
         for name, (help_text, value) in gauges.items():
@@ -283,6 +290,17 @@ class Metrics:
             f"{name} {_number(totals[self._in_flight])}",
         ]
         return lines
+
+
+def _alive(pid: str) -> bool:
+    """Whether the worker whose file is named `pid` still runs."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError):
+        return True
+    return True
 
 
 def reset(directory: Path) -> None:

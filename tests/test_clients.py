@@ -68,3 +68,20 @@ def test_without_trusted_proxies_headers_are_never_read():
 )
 def test_a_proxy_that_sets_forwarded_is_read_from_that_header_only(headers, client):
     assert RFC_PROXIES.resolve("10.1.1.1", headers) == client
+
+
+@pytest.mark.parametrize("name", ["x-forwarded-for", "forwarded"])
+def test_a_forwarding_header_on_several_lines_is_one_list(name):
+    # A proxy that adds its own line instead of appending to the client's.
+    from quaylock.api.http import Request
+
+    first, second = (
+        ("198.51.100.6", "10.2.2.2")
+        if name == "x-forwarded-for"
+        else ("for=198.51.100.6", "for=10.2.2.2")
+    )
+    scope = {"headers": [(name.encode(), first.encode()), (b"accept", b"*/*"),
+                         (name.encode(), second.encode())]}  # fmt: skip
+    headers = Request(scope, None, {}).headers
+    proxies = PROXIES if name == "x-forwarded-for" else RFC_PROXIES
+    assert proxies.resolve("10.1.1.1", headers) == "198.51.100.6"

@@ -42,7 +42,9 @@ def test_metrics_count_signature_checks_and_audit_events_across_workers(
     })  # fmt: skip
     before = scrape(server)
     assert before["quaylock_holds_pending"] == 0
-    assert not any(k.startswith("quaylock_signature_checks_total{") for k in before)
+    # Every series is there from the start, at zero.
+    checks = [k for k in before if k.startswith("quaylock_signature_checks_total{")]
+    assert len(checks) == 9 and not any(before[k] for k in checks)
 
     signed, watched = unique_repo("signed/app"), unique_repo("watched/app")
     for attempt in range(3):
@@ -170,7 +172,8 @@ def test_requests_are_counted_by_route_template_with_latency_and_refusals(
     assert 0 < samples[f"{latency}_sum{{{where}}}"] < 5
     uploads = 'route="/v2/{name}/blobs/uploads/{upload_id}"'
     assert samples[f"quaylock_http_request_bytes_total{{{uploads}}}"] == len(b"counted")
-    assert samples["quaylock_http_requests_in_flight"] == 0  # scrapes are not counted
+    # The scrape counts itself: /metrics is held to the in-flight limits.
+    assert samples["quaylock_http_requests_in_flight"] == 1
     # push_blob finished its session; the POSTs that got 202 left theirs open.
     assert samples["quaylock_uploads_open"] == posts.count(202)
 
@@ -202,3 +205,34 @@ def test_without_authentication_only_allowed_addresses_read_metrics(make_server)
         assert refused.status_code == 403
         assert "198.51.100.7 is not in metrics.allow" in refused.text
         assert client.get("/metrics").status_code == 200  # loopback, by default
+
+
+def test_a_dead_workers_counts_stay_but_its_requests_leave_the_gauge(tmp_path):
+    import subprocess
+    import sys
+
+    from quaylock.metrics import Metrics
+
+    routes = ("/v2/", "unmatched")
+    # A worker that counts a refusal and dies with a request in flight.
+    subprocess.run([sys.executable, "-c", (
+        "import os, sys; from pathlib import Path; from quaylock.metrics import Metrics\n"
+        f"m = Metrics(Path({str(tmp_path)!r}), {routes!r})\n"
+        "m.inc('quaylock_refusals_total', reason='rate_limit')\n"
+        "m.in_flight(1)\n"
+        "os._exit(9)\n"
+    )], check=False, timeout=30)  # fmt: skip
+    alive = Metrics(tmp_path, routes)
+    alive.in_flight(1)
+    text = alive.render({}).decode()
+    assert 'quaylock_refusals_total{reason="rate_limit"} 1' in text
+    assert 'quaylock_refusals_total{reason="quota"} 0' in text
+    assert "quaylock_http_requests_in_flight 1" in text.splitlines()
+
+
+def test_health_checks_answer_head_too(server):
+    with server.client() as client:
+        for path in ("/healthz", "/readyz"):
+            answer = client.head(path)
+            assert answer.status_code == 200, path
+            assert answer.content == b""

@@ -6,6 +6,7 @@ from a client that is no trusted proxy."""
 from __future__ import annotations
 
 import socket
+import time
 
 import httpx
 import pytest
@@ -124,12 +125,16 @@ def test_logins_count_per_address_before_the_password_is_checked(make_server):
                           "rate_limits": {"token": {"per_minute": 60, "burst": 3}}})  # fmt: skip
     add_user(server, "alice")
     with server.client() as client:
-        wrong = [
-            client.get("/v2/token", params={"service": "quaylock"},
-                       auth=("alice", f"guess-{i}")).status_code
-            for i in range(5)
-        ]  # fmt: skip
-    assert wrong == [401, 401, 401, 429, 429]
+        assert wrong_logins(client, "alice", 5) == [401, 401, 401, 429, 429]
+
+
+def wrong_logins(client, name: str, count: int) -> list[int]:
+    """The answers to `count` logins as `name` with wrong passwords."""
+    return [
+        client.get("/v2/token", params={"service": "quaylock"},
+                   auth=(name, f"guess-{i}")).status_code
+        for i in range(count)
+    ]  # fmt: skip
 
 
 def _count_allowed(server, count: int) -> int:
@@ -311,3 +316,34 @@ def test_a_login_lockout_holds_through_redis_across_servers(make_server, redis_u
     add_user(second, "alice")
     answers = _guesses(first, 3) + _guesses(second, 3) + _guesses(first, 2)
     assert answers == [401] * 5 + [429] * 3
+
+
+def test_passwords_sent_to_metrics_or_the_admin_api_count_as_logins(make_server):
+    server = make_server({
+        "auth": {"mode": "token"},
+        "metrics": {"allow": ["10.99.0.0/16"]},  # not this test's loopback
+        "rate_limits": {"token": {"per_minute": 60, "burst": 3}},
+    })  # fmt: skip
+    add_user(server, "alice")  # no admin: each check costs a password hash
+    mallory = ("alice", PASSWORD["alice"])
+    for path in ("/metrics", "/admin/v1/users"):
+        with server.client() as client:
+            answers = [client.get(path, auth=mallory) for _ in range(5)]
+        assert [a.status_code for a in answers] == [403, 403, 403, 429, 429], path
+        assert "rate_limits.token" in answers[-1].text
+        time.sleep(3.5)  # the bucket refills for the next path
+
+
+def test_an_override_for_anonymous_leaves_logins_limited(make_server):
+    server = make_server({
+        "auth": {"mode": "token"},
+        "rate_limits": {
+            "token": {"per_minute": 60, "burst": 3},
+            "overrides": [{"subjects": ["anonymous"], "per_minute": 0}],
+        },
+    })  # fmt: skip
+    with server.client() as client:
+        # Requests without credentials are no longer limited...
+        assert statuses(client, "/v2/", 10) == [401] * 10
+        # ... but logins still count per address.
+        assert wrong_logins(client, "nobody", 5) == [401, 401, 401, 429, 429]

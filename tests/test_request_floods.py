@@ -163,6 +163,13 @@ def test_five_hundred_byte_at_a_time_clients_do_not_stop_a_pull(make_server):
     assert max(took) < 2.0
 
 
+def held_body(body: bytes, release: threading.Event):
+    """`body`'s first byte, the rest once `release` is set (10 s at most)."""
+    yield body[:1]
+    release.wait(10)
+    yield body[1:]
+
+
 def test_requests_in_flight_are_limited_per_address(make_server):
     server = make_server({
         "auth": {"mode": "none"},
@@ -176,14 +183,9 @@ def test_requests_in_flight_are_limited_per_address(make_server):
         ]
     release = threading.Event()
 
-    def slowly():
-        yield b"a"
-        release.wait(10)
-        yield b"b"
-
     def hold(location: str) -> None:
         with server.client() as client, contextlib.suppress(httpx.HTTPError):
-            client.patch(location, content=slowly())
+            client.patch(location, content=held_body(b"ab", release))
 
     holders = [threading.Thread(target=hold, args=(s,)) for s in sessions]
     for thread in holders:
@@ -223,3 +225,49 @@ def test_a_worker_that_dies_is_started_again(make_server):
     for _ in range(10):  # on fresh connections, so both workers answer
         with httpx.Client(base_url=server.url, timeout=10) as client:
             assert client.get("/v2/").status_code == 200
+
+
+def test_a_busy_worker_shares_what_is_left_among_clients(make_server):
+    # Clients behind a trusted proxy (this test), so that two addresses can
+    # come from one machine.
+    server = make_server({
+        "auth": {"mode": "none"},
+        "server": {"trusted_proxies": ["127.0.0.1/32"], "max_requests_in_flight": 16,
+                   "max_requests_in_flight_per_address": 16, "body_timeout_seconds": 10},
+    })  # fmt: skip
+    release = threading.Event()
+    greedy = {"x-forwarded-for": "198.51.100.1"}
+
+    def hold(i: int) -> None:
+        with server.client() as client, contextlib.suppress(httpx.HTTPError):
+            answer = client.put(
+                f"/v2/greedy/app/manifests/t{i}", content=held_body(b"{}", release),
+                headers={**greedy, "content-length": "2",
+                         "content-type": "application/vnd.oci.image.manifest.v1+json"},
+            )  # fmt: skip
+            # Eight wait for the body; four were refused, which the client
+            # reads once it has sent its body.
+            assert answer.status_code in (400, 408, 429)
+
+    holders = [threading.Thread(target=hold, args=(i,)) for i in range(12)]
+    for thread in holders:
+        thread.start()
+    try:
+        time.sleep(2)
+        with server.client() as client:
+            # Half of 16 in flight: the greedy address got no more than its
+            # share, 8 (and the scrape is the ninth)...
+            metrics = client.get("/metrics").text.splitlines()
+            assert "quaylock_http_requests_in_flight 9" in metrics
+            # ... and its next request is refused, saying why.
+            again = client.get("/v2/", headers=greedy)
+            assert again.status_code == 429
+            assert "the server is busy" in again.text
+            assert "server.max_requests_in_flight" in again.text
+            # Another client still gets in.
+            other = client.get("/v2/", headers={"x-forwarded-for": "203.0.113.9"})
+            assert other.status_code == 200, other.text
+    finally:
+        release.set()
+        for thread in holders:
+            thread.join(30)

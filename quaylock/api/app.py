@@ -58,6 +58,8 @@ API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
 JSON_ERROR = (b"content-type", b"application/json")
 # How much of an unread body we swallow so the client can read our error.
 DRAIN_MAX_BYTES = 8 * 1024 * 1024
+# Requests in flight an address may always have, however busy the worker.
+_LEAST_SHARE = 4
 DRAIN_TIMEOUT_SECONDS = 5.0
 
 
@@ -69,8 +71,8 @@ DRAIN_TIMEOUT_SECONDS = 5.0
 # - ADMIN: the admin API, whose handlers check for an admin themselves and
 #   get the authenticator and registry (api/admin.py);
 # - PUBLIC: health checks, open to anyone, never rate limited;
-# - OPERATOR: metrics, open to `metrics.allow` addresses, else to admins,
-#   never rate limited.
+# - OPERATOR: metrics, open to `metrics.allow` addresses, else to admins;
+#   counted as reads.
 REGISTRY, LOGIN, ADMIN, PUBLIC, OPERATOR = (
     "registry", "login", "admin", "public", "operator"
 )  # fmt: skip
@@ -90,8 +92,8 @@ class Route:
 
     def rate_class(self, method: str) -> str | None:
         """Which rate limit a request counts against (config.RATE_CLASSES);
-        None for the health and metrics routes."""
-        if self.kind in (PUBLIC, OPERATOR):
+        None for the health checks."""
+        if self.kind == PUBLIC:
             return None
         if self.kind == LOGIN:
             return "token"
@@ -165,6 +167,13 @@ ROUTES = [
 _LOGIN = {"GET": "login", "HEAD": "login"}
 # Methods that upload nothing: their bodies are held to limits.body_max_bytes.
 _NO_UPLOAD_METHODS = frozenset({"GET", "HEAD", "DELETE"})
+
+
+def _probe(handler) -> dict:
+    """GET and HEAD, as health checkers use either."""
+    return {"GET": handler, "HEAD": handler}
+
+
 EXACT_ROUTES = {
     "/v2/": _route(
         "/v2/", r"/v2/", _LOGIN, GET=listings.api_version, HEAD=listings.api_version
@@ -188,8 +197,10 @@ EXACT_ROUTES = {
         POST=token.post_token,
     ),
     "/metrics": _route("/metrics", r"/metrics", {}, kind=OPERATOR, GET=status.metrics),
-    "/healthz": _route("/healthz", r"/healthz", {}, kind=PUBLIC, GET=status.healthz),
-    "/readyz": _route("/readyz", r"/readyz", {}, kind=PUBLIC, GET=status.readyz),
+    "/healthz": _route(
+        "/healthz", r"/healthz", {}, kind=PUBLIC, **_probe(status.healthz)
+    ),
+    "/readyz": _route("/readyz", r"/readyz", {}, kind=PUBLIC, **_probe(status.readyz)),
 }
 
 
@@ -476,7 +487,7 @@ class App:
             if (
                 request.rate is None
                 and self.rates is not None
-                and not (route is not None and route.kind in (PUBLIC, OPERATOR))
+                and not (route is not None and route.kind == PUBLIC)
                 and not isinstance(exc, TooManyRequests)
             ):
                 # Refused before it was charged (no such route, a bad name):
@@ -556,6 +567,22 @@ class App:
             error.reason = "in_flight"
             error.headers["Retry-After"] = "1"
             raise error
+        # Past half the worker's most, every address gets an even share of
+        # it, so that a few addresses holding slow requests cannot take all
+        # of it from the others.
+        if self._in_flight >= server.max_requests_in_flight // 2:
+            addresses = len(self._in_flight_by_address) + (mine == 0)
+            share = max(_LEAST_SHARE, server.max_requests_in_flight // (2 * addresses))
+            if mine >= share:
+                error = TooManyRequests(
+                    f"the server is busy ({self._in_flight} requests in flight): "
+                    f"each of the {addresses} clients in flight may have {share}, "
+                    f"and client {key} has {mine} (server.max_requests_in_flight); "
+                    "wait for some to finish"
+                )
+                error.reason = "in_flight"
+                error.headers["Retry-After"] = "1"
+                raise error
         self._in_flight += 1
         self._in_flight_by_address[key] = mine + 1
         self.registry.metrics.in_flight(1)
@@ -606,6 +633,11 @@ class App:
             or "authorization" not in request.headers
         ):
             await self._admit(rate_class, request, None)
+        if limit and route.kind in (ADMIN, OPERATOR) and _basic(request):
+            # A password checked here is a login like one at /v2/token, and
+            # counts as one: else any account could have passwords checked
+            # as fast as reads are allowed.
+            await self._admit("token", request, None)
         if route.kind == PUBLIC:
             return await handler(self.registry, request)
         if route.kind == OPERATOR:
@@ -777,6 +809,11 @@ def _host(scope, request: Request) -> str:
 _HOST_RE = re.compile(
     r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
 )
+
+
+def _basic(request: Request) -> bool:
+    """Whether the request carries a name and password."""
+    return request.headers.get("authorization", "")[:6].lower() == "basic "
 
 
 def _disk_full() -> InsufficientStorage:

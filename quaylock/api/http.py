@@ -23,6 +23,10 @@ class ClientDisconnected(Exception):
     """The client went away before its request body was complete."""
 
 
+# Headers whose repeated lines are read as one comma-separated list.
+_LIST_HEADERS = frozenset({"x-forwarded-for", "forwarded"})
+
+
 class Request:
     """A read-only view of one ASGI HTTP request."""
 
@@ -75,12 +79,16 @@ class Request:
     @property
     def headers(self) -> dict[str, str]:
         if self._headers is None:
-            # Later duplicates win, except that we never join them: no header
-            # we read may legitimately repeat.
-            self._headers = {
-                k.decode("latin-1"): v.decode("latin-1")
-                for k, v in self.scope["headers"]
-            }
+            # Later duplicates win, but for the forwarding headers: a proxy
+            # may add its own line rather than append to the client's, and
+            # the lines in order are one list (RFC 9110, section 5.3).
+            headers: dict[str, str] = {}
+            for k, v in self.scope["headers"]:
+                name, value = k.decode("latin-1"), v.decode("latin-1")
+                if name in _LIST_HEADERS and name in headers:
+                    value = f"{headers[name]}, {value}"
+                headers[name] = value
+            self._headers = headers
         return self._headers
 
     @property

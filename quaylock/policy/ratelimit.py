@@ -52,6 +52,11 @@ class RateLimiter:
             if nets is not None:
                 if not address_in(address, nets):
                     continue
+            elif rate_class == "token":
+                # Logins count per address, whoever they claim to be: a
+                # subjects override (even one for anonymous, of class *)
+                # never lifts them.
+                continue
             elif not any(
                 subject_matches(s, subject or ANONYMOUS) for s in override["subjects"]
             ):
