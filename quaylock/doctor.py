@@ -622,3 +622,22 @@ def check_dependencies(advisories: Path) -> tuple[str, list[Finding]]:
             fix,
         ))  # fmt: skip
     return date_line, findings
+
+
+def check_sbom() -> list[Finding]:
+    """Whether the SBOM that `make sbom` wrote still describes what is
+    installed (it is what admins get from /admin/v1/sbom)."""
+    from quaylock import about  # noqa: PLC0415
+
+    sbom, why = about.read_sbom()
+    if sbom is None:
+        return [Finding(LOW, "sbom-missing", why, "run `make sbom`")]
+    differences = about.sbom_drift(sbom, about.installed())
+    if not differences:
+        return []
+    shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
+    return [Finding(
+        LOW, "sbom-stale",
+        f"the SBOM at {about.sbom_path()} no longer matches what is installed: {shown}",
+        "run `make sbom` after every install or upgrade",
+    )]  # fmt: skip

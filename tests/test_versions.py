@@ -135,3 +135,17 @@ def test_migrate_moves_a_store_on_and_an_older_quaylock_refuses_a_newer_one(
     assert "upgrade quaylock" in refused.stderr
     with pytest.raises(RuntimeError, match="upgrade quaylock before starting it"):
         start_server(tmp_path / "serve")
+
+
+def test_doctor_says_when_the_sbom_no_longer_matches(tmp_path, monkeypatch):
+    from quaylock import about, doctor
+
+    assert doctor.check_sbom() == []  # `make test` wrote it for this venv
+    real = about.installed()
+    monkeypatch.setattr(about, "installed", lambda: {**real, "granian": "0.0.1"})
+    (stale,) = doctor.check_sbom()
+    assert stale.code == "sbom-stale" and stale.severity == "low"
+    assert "granian is 0.0.1, the SBOM says" in stale.message
+    monkeypatch.setattr(about, "sbom_path", lambda: tmp_path / "none.json")
+    (missing,) = doctor.check_sbom()
+    assert missing.code == "sbom-missing" and "make sbom" in missing.message

@@ -66,7 +66,7 @@ def run(args) -> int:
             date_line, vulnerable = doctor.check_dependencies(Path(args.advisories))
         except (OSError, ValueError) as exc:
             return _bad_input(f"--advisories {args.advisories}: {exc}")
-        findings += vulnerable
+        findings += vulnerable + doctor.check_sbom()
 
     order = {severity: i for i, severity in enumerate(doctor.SEVERITIES)}
     findings.sort(key=lambda finding: order[finding.severity])
