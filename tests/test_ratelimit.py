@@ -93,3 +93,43 @@ def test_local_buckets_forget_the_least_recently_used_key_first():
     assert buckets.take_now("c", rate).allowed  # b goes
     assert not buckets.take_now("a", rate).allowed
     assert buckets.take_now("b", rate).allowed  # forgotten: a full bucket
+
+
+def test_leases_never_pass_the_limit_and_cost_little_precision(tmp_path):
+    import asyncio
+
+    from quaylock.policy.buckets import Leases
+
+    wall, mono = [1000.0], [0.0]
+    shared = SharedBuckets(tmp_path / "table", slots=1024, clock=lambda: wall[0])
+    # Two workers' leases over one shared table, at one instant.
+    workers = [Leases(shared, clock=lambda: mono[0]) for _ in range(2)]
+    rate = Rate(per_second=10, burst=320)  # leases of 16 (320 // 16 = 20, capped)
+
+    async def charge(count: int) -> list:
+        return [await workers[i % 2].take("k", rate) for i in range(count)]
+
+    verdicts = asyncio.run(charge(400))
+    allowed = sum(v.allowed for v in verdicts)
+    # Never past the burst; at most one unused lease per worker short of it.
+    assert 320 - 2 * 16 <= allowed <= 320
+    assert all(v.remaining >= 0 for v in verdicts)
+    # A lease past its time gives back what it did not use.
+    mono[0], wall[0] = 5.0, 1032.0  # the bucket has refilled
+    verdicts = asyncio.run(charge(400))
+    assert 320 - 2 * 16 <= sum(v.allowed for v in verdicts) <= 320
+
+
+def test_small_bursts_are_not_leased_and_stay_exact(tmp_path):
+    import asyncio
+
+    from quaylock.policy.buckets import Leases
+
+    shared = SharedBuckets(tmp_path / "table", slots=1024, clock=lambda: 1000.0)
+    workers = [Leases(shared) for _ in range(2)]
+    rate = Rate(per_second=1, burst=10)
+
+    async def charge() -> int:
+        return sum([(await workers[i % 2].take("k", rate)).allowed for i in range(30)])
+
+    assert asyncio.run(charge()) == 10

@@ -43,7 +43,12 @@ from quaylock.metrics import Metrics
 from quaylock.policy.access import AccessPolicy
 from quaylock.policy.accounts import Accounts
 from quaylock.policy.auth import Authenticator
-from quaylock.policy.buckets import LocalBuckets, RedisBuckets, SharedBuckets
+from quaylock.policy.buckets import (
+    Leases,
+    LocalBuckets,
+    RedisBuckets,
+    SharedBuckets,
+)
 from quaylock.policy.clients import ClientAddresses, address_key, networks
 from quaylock.policy.clients import address_in as _address_in
 from quaylock.policy.limiter import LoginLimiter
@@ -873,6 +878,9 @@ def build_rate_limiter(config: config_mod.Config, buckets) -> RateLimiter | None
     """The rate limiter for `config.rate_limits`, or None when they are off."""
     if not config.rate_limits.enabled:
         return None
+    if not isinstance(buckets, LocalBuckets):
+        # Shared buckets cost a lock or a round trip per take: lease.
+        buckets = Leases(buckets)
     return RateLimiter(config.rate_limits, buckets)
 
 

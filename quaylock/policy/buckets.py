@@ -280,3 +280,65 @@ class RedisBuckets:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+class Leases:
+    """Takes requests from shared buckets a few at a time, and hands them
+    out in this process without a lock or a round trip.
+
+    Each take from `SharedBuckets` costs two record-lock system calls, and
+    from `RedisBuckets` a round trip; with two workers those took manifest
+    GETs from 27-31k to 18-21k requests a second. Leasing `lease` requests
+    with one take makes that cost once per lease. A lease is charged to the
+    shared bucket when taken, so the limit is never passed; what a process
+    leased and has not used yet counts as spent meanwhile, which can refuse
+    a client up to (workers x lease) requests early. Unused requests go back
+    with the next take, and a lease lasts `seconds` at most. Buckets whose
+    burst is under 16 times `lease_max` lease less, and those under 16
+    lease nothing: small limits stay exact.
+
+    Args:
+        buckets: `SharedBuckets` or `RedisBuckets`.
+        lease_max: requests leased at once, at most.
+        seconds: how long a lease may be held.
+    """
+
+    def __init__(self, buckets, lease_max: int = 16, seconds: float = 1.0,
+                 keys: int = 1 << 16, clock=time.monotonic):  # fmt: skip
+        self.buckets = buckets
+        self.lease_max = lease_max
+        self.seconds = seconds
+        self.keys = keys
+        self.clock = clock
+        # key -> [rate, requests left, expires at, verdict when leased]
+        self._held: dict[str, list] = {}
+
+    async def take(self, key: str, rate: Rate, cost: int = 1) -> Verdict:
+        lease = min(self.lease_max, rate.burst // 16)
+        if lease < 1 or cost < 1:
+            return await self.buckets.take(key, rate, cost)
+        now = self.clock()
+        held = self._held.get(key)
+        if held is not None and (held[0] != rate or held[2] <= now):
+            leftover = held[1] if held[0] == rate else 0
+        elif held is not None and held[1] >= cost:
+            held[1] -= cost
+            leased = held[3]
+            return Verdict(
+                True, leased.limit, leased.remaining + held[1], leased.reset, 0.0
+            )
+        else:
+            leftover = held[1] if held is not None else 0
+        # A new lease, net of what the last one left unused.
+        result = await self.buckets.take(key, rate, cost + lease - leftover)
+        if result.allowed:
+            self._held.pop(key, None)
+            self._held[key] = [rate, lease, now + self.seconds, result]
+            if len(self._held) > self.keys:
+                del self._held[next(iter(self._held))]
+            return Verdict(
+                True, result.limit, result.remaining + lease, result.reset, 0.0
+            )
+        # No room for a lease: this request alone, with what was left.
+        self._held.pop(key, None)
+        return await self.buckets.take(key, rate, cost - leftover)
