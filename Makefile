@@ -10,8 +10,10 @@ PYTEST_ARGS ?=
 
 .PHONY: serve test test-deps lock clean sbom audit
 
+# --clear: a new lock rebuilds the venv, so that a package a release drops
+# does not stay installed (and unaudited) from the one before.
 $(VENV)/.runtime: requirements.lock pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(PIP) --require-hashes --no-deps -r requirements.lock
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
@@ -33,9 +35,12 @@ test: $(VENV)/.test test-deps sbom audit
 # that they are never installed beside it (docs/dependencies.md).
 TOOLS := .venv-tools
 $(TOOLS)/.installed: requirements-tools.lock
-	$(PYTHON) -m venv $(TOOLS)
+	$(PYTHON) -m venv --clear $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check \
 		--require-hashes --no-deps -r requirements-tools.lock
+	@# The setuptools `python -m venv` brings is old, and no tool needs it.
+	$(TOOLS)/bin/pip uninstall --quiet --disable-pip-version-check -y setuptools \
+		2>/dev/null || true
 	touch $@
 
 # A CycloneDX SBOM of what is installed in .venv, where the admin API
@@ -48,19 +53,21 @@ $(SBOM): $(VENV)/.runtime $(wildcard $(VENV)/.test) $(TOOLS)/.installed
 		--output-reproducible --of JSON -o $(SBOM) $(BIN)/python
 	@echo "sbom: $(SBOM)"
 
-# Re-pin every dependency, with hashes (needs network access to PyPI).
+# Re-pin every dependency, with hashes (needs network access to PyPI). No
+# option Renovate's pip-compile manager does not know goes in the command
+# it reads back from each lock's header; this machine's wheel folder is
+# dropped from the output instead.
 lock:
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet pip-tools
-	.lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
-		--no-emit-find-links --no-emit-index-url -o requirements.lock requirements.in
-	.lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
-		--no-emit-find-links --no-emit-index-url -o requirements-test.lock requirements-test.in
-	.lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
-		--no-emit-find-links --no-emit-index-url -o requirements-tools.lock requirements-tools.in
+	for name in requirements requirements-test requirements-tools; do \
+		.lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe \
+			--strip-extras --no-emit-index-url -o $$name.lock $$name.in || exit 1; \
+		sed -i '/^--find-links /d' $$name.lock; \
+	done
 	rm -rf .lock-venv
 
-# Offline audit of both locks against a local advisory snapshot (the PyPA
+# Offline audit of every lock against a local advisory snapshot (the PyPA
 # database). Where the snapshot sits: beside this checkout, else beside the
 # repository it was cloned from (CI clones /work/main into /tmp).
 ADVISORIES ?= $(firstword $(wildcard ../shared/advisories/pypa \

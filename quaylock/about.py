@@ -66,11 +66,14 @@ def read_sbom() -> tuple[dict | None, str]:
     """The SBOM, or None with the reason it cannot be read."""
     path = sbom_path()
     try:
-        return json.loads(path.read_text()), ""
+        document = json.loads(path.read_text())
     except FileNotFoundError:
         return None, f"no SBOM at {path}: run `make sbom`"
     except (OSError, ValueError) as exc:
         return None, f"the SBOM at {path} cannot be read: {exc}"
+    if not isinstance(document, dict) or document.get("bomFormat") != "CycloneDX":
+        return None, f"the SBOM at {path} is not a CycloneDX document: run `make sbom`"
+    return document, ""
 
 
 def report(store_schema: int | None) -> dict:

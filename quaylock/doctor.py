@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import re
+import sqlite3
 import ssl
 import stat
 import time
@@ -300,6 +301,7 @@ def check_files(config: Config) -> list[Finding]:
     if config.tls.key:
         findings += _required_file(Path(config.tls.key), "tls.key", secret=True)
         findings += _required_file(Path(config.tls.cert), "tls.cert")
+        findings += _certificate(config.tls.cert, config.tls.key)
     for i, hook in enumerate(config.webhooks):
         findings += _required_file(
             Path(hook.secret_file), f"webhooks[{i}].secret_file", secret=True
@@ -331,17 +333,99 @@ def check_files(config: Config) -> list[Finding]:
         keys = data / "keys"
         for path in [keys, *sorted(keys.glob("*"))]:
             findings += _permissions(path, secret=True)
+        findings += _schema(config)
         password = data / "admin-password"
         findings += _permissions(password, secret=True)
         if password.exists():
             findings.append(Finding(
                 MEDIUM, "admin-password-file",
                 f"{password} still holds the first admin password",
-                f"log in as admin, run `quaylock user passwd admin`, then "
-                f"`rm {password}`",
+                f"log in as admin, run `quaylock user passwd admin --data {data}`, "
+                f"then `rm {password}`",
             ))  # fmt: skip
     findings += _collection(config)
+    named = [config.tls.key, config.tls.cert, *(h.secret_file for h in config.webhooks)]
+    for policy in config.signatures.policies:
+        named += [*policy.cosign_keys, *policy.notation_roots]
+    findings += _open_parents(
+        [data, Path(config.storage_root), *map(Path, filter(None, named))]
+    )
     return findings
+
+
+def _open_parents(paths: list[Path]) -> list[Finding]:
+    """Folders above `paths` where anyone may create and rename entries (no
+    sticky bit): a local user could swap the file, a key or a trust root,
+    however private the file itself is."""
+    findings, seen = [], set()
+    for path in paths:
+        for parent in Path(path).resolve().parents:
+            if parent in seen:
+                continue
+            seen.add(parent)
+            try:
+                mode = stat.S_IMODE(parent.stat().st_mode)
+            except OSError:
+                continue
+            if mode & 0o002 and not mode & stat.S_ISVTX:
+                findings.append(Finding(
+                    HIGH, "world-writable",
+                    f"folder {parent} is mode {mode:04o}, without the sticky bit: "
+                    f"every local user may rename and replace {path} beneath it",
+                    f"chmod o-w {parent} (or chmod +t {parent})",
+                ))  # fmt: skip
+    return findings
+
+
+# A certificate that ends sooner than this is said to need renewing.
+CERTIFICATE_RENEW_DAYS = 30
+
+
+def tls_problem(cert: str, key: str) -> str | None:
+    """Why a server could not serve TLS with this certificate and key (the
+    same check `serve` makes before it starts), or None."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one
+        return f"cannot use certificate {cert} with key {key}: {exc}"
+    return None
+
+
+def _certificate(cert: str, key: str) -> list[Finding]:
+    """The certificate and key work together, and the certificate is in
+    its validity period with some to spare."""
+    if not (Path(cert).exists() and Path(key).exists()):
+        return []  # file-missing says so
+    if problem := tls_problem(cert, key):
+        return [Finding(
+            HIGH, "tls-unusable", problem + ": `serve` refuses to start",
+            "set tls.cert to the PEM certificate chain that tls.key belongs to",
+        )]  # fmt: skip
+    from cryptography import x509  # noqa: PLC0415
+
+    try:
+        leaf = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    except (OSError, ValueError):
+        return []  # loaded by ssl above, so another encoding: not judged
+    now = time.time()
+    ends = leaf.not_valid_after_utc.timestamp()
+    if ends <= now or leaf.not_valid_before_utc.timestamp() > now:
+        return [Finding(
+            HIGH, "tls-expired",
+            f"the certificate {cert} is valid from {leaf.not_valid_before_utc:%Y-%m-%d} "
+            f"to {leaf.not_valid_after_utc:%Y-%m-%d}: clients refuse it now",
+            "renew it, then restart the registry",
+        )]  # fmt: skip
+    days = int((ends - now) // 86400)
+    if days < CERTIFICATE_RENEW_DAYS:
+        return [Finding(
+            MEDIUM, "tls-expiring",
+            f"the certificate {cert} expires in {days} days "
+            f"({leaf.not_valid_after_utc:%Y-%m-%d})",
+            "renew it and restart the registry before then",
+        )]  # fmt: skip
+    return []
 
 
 def _required_file(path: Path, setting: str, secret: bool = False) -> list[Finding]:
@@ -395,6 +479,38 @@ def _permissions(path: Path, secret: bool) -> list[Finding]:
     return []
 
 
+def _schema(config: Config) -> list[Finding]:
+    """The store's schema against this quaylock's: a newer one will not
+    start, an older one is migrated when it does."""
+    from quaylock.metadata.schema import SCHEMA_VERSION  # noqa: PLC0415
+    from quaylock.metadata.store import stored_schema_version  # noqa: PLC0415
+
+    try:
+        found = stored_schema_version(config.metadata_url)
+    except (ValueError, OSError, sqlite3.Error) as exc:
+        return [Finding(
+            HIGH, "store-unreadable", f"the metadata store cannot be read: {exc}",
+            "check metadata.url and the database file",
+        )]  # fmt: skip
+    if found is not None and found > SCHEMA_VERSION:
+        return [Finding(
+            HIGH, "schema-too-new",
+            f"the store's schema is version {found}, this quaylock knows up to "
+            f"{SCHEMA_VERSION}: `serve` refuses to start on it",
+            "install the quaylock that migrated it, or restore the backup taken "
+            "before that upgrade",
+        )]  # fmt: skip
+    if found is not None and found < SCHEMA_VERSION:
+        return [Finding(
+            LOW, "migration-due",
+            f"the store's schema is version {found}; `serve` migrates it to "
+            f"{SCHEMA_VERSION} when it starts, which cannot be undone",
+            "take a backup (operations.md, Backup), then `quaylock migrate` with "
+            "the server stopped",
+        )]  # fmt: skip
+    return []
+
+
 def _collection(config: Config) -> list[Finding]:
     """Deletes free nothing until garbage collection runs: from the server
     (gc.interval_seconds) or from cron, which leaves <data>/gc.last."""
@@ -420,7 +536,7 @@ def _collection(config: Config) -> list[Finding]:
 
 # Headers that name software; Docker-Distribution-API-Version names the
 # protocol, which the spec requires, so it is not one of them.
-_SOFTWARE_HEADERS = ("server", "x-powered-by", "x-aspnet-version", "x-runtime")
+_SOFTWARE_HEADERS = ("server", "x-powered-by", "x-aspnet-version", "x-runtime", "via")
 _HEADER_VERSION = re.compile(r"\d+\.\d+")
 _BODY_VERSION = re.compile(
     r"(?i)\b(?:quaylock|granian|python|cpython|uvicorn|hypercorn|gunicorn|"

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -211,9 +212,30 @@ def test_the_data_date_is_the_newest_modified_in_utc(osv_folder):
     newest = data_date(osv_folder)
     assert newest.isoformat() == "2024-03-01T01:30:00+02:00"
     advisories = Advisories.load(osv_folder, [])
-    assert advisories.date_line() == (
-        f"advisories: {osv_folder} (OSV folder, newest entry 2024-02-29)"
+    line = advisories.date_line()
+    assert line.startswith(
+        f"advisories: {osv_folder} (OSV folder, newest entry 2024-02-29); warning: "
     )
+    # Old data is said to be old, with its age in days.
+    age = (datetime.now(UTC) - newest).days
+    assert line.endswith(f"{age} days old, so it knows of nothing newer")
+
+
+def test_a_folder_without_advisories_is_refused_not_passed(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "readme").mkdir()
+    (tmp_path / "readme" / "readme.txt").write_text("nothing here")
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("cryptography==41.0.0 \\\n    --hash=sha256:11\n")
+    for folder in ("empty", "readme"):
+        result = run_audit("--advisories", str(tmp_path / folder), "--lock", str(lock))
+        assert result.returncode == 2, result.stdout
+        assert "no advisories in" in result.stderr
+    undated = tmp_path / "undated"
+    undated.mkdir()
+    (undated / "X-1.json").write_text('{"id": "X-1", "affected": []}')
+    result = run_audit("--advisories", str(undated), "--lock", str(lock))
+    assert result.returncode == 2 and "says when it was modified" in result.stderr
 
 
 def test_pypa_layout_reads_only_the_audited_packages_folders(tmp_path):
@@ -325,8 +347,8 @@ def test_known_vulnerable_pins_are_flagged(snapshot, tmp_path):
     result = run_audit("--advisories", str(snapshot), "--lock", str(lock))
     assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == (
-        f"advisories: {snapshot} (PyPA snapshot, newest entry 2024-10-10)"
+    assert lines[0].startswith(
+        f"advisories: {snapshot} (PyPA snapshot, newest entry 2024-10-10); warning: "
     )
     flagged = {tuple(line.split()[:3]) for line in lines[1:-1]}
     assert flagged == {("aiohttp", "3.8.4", id) for id in AIOHTTP_3_8_4} | {
@@ -365,7 +387,7 @@ def test_the_installed_check_runs_on_the_test_venv(snapshot):
         assert packages[name] == importlib.metadata.version(name)
 
     date_line, findings = audit_installed(snapshot)
-    assert date_line.endswith("(PyPA snapshot, newest entry 2024-10-10)")
+    assert "(PyPA snapshot, newest entry 2024-10-10); warning: " in date_line
     # The venv's own pip is the locked one, not the older one `python -m
     # venv` brings: nothing installed is known to be vulnerable.
     assert packages["pip"] == locked(ROOT / "requirements.lock")["pip"]

@@ -21,6 +21,7 @@ def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
 
 def test_data_and_config_go_before_or_after_the_action(tmp_path):
     data = tmp_path / "data"
+    data.mkdir(mode=0o700)
     config = tmp_path / "config.yaml"
     config.write_text(f"data: {data}\n")
     added = run("user", "add", "alice", "--password-stdin", "--config", str(config),
@@ -38,9 +39,15 @@ def test_data_and_config_go_before_or_after_the_action(tmp_path):
     assert [u["name"] for u in users] == ["alice"]
 
 
-@pytest.mark.parametrize("command", ["gc", "quota"])
+@pytest.mark.parametrize(
+    "command",
+    [("gc",), ("quota",), ("user", "list"), ("robot", "list"), ("token", "rotate-key"),
+     ("audit", "verify"), ("tag", "holds"), ("migrate",)],
+)  # fmt: skip
 def test_a_missing_data_folder_is_named_not_a_traceback(tmp_path, command):
-    result = run(command, "--data", str(tmp_path / "nowhere"))
+    # Not a new, empty store in the wrong folder either.
+    result = run(*command, "--data", str(tmp_path / "nowhere"))
+    assert not (tmp_path / "nowhere").exists()
     assert result.returncode == 2
     assert f"no data folder at {tmp_path / 'nowhere'}" in result.stderr
     assert "Traceback" not in result.stderr

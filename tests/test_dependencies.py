@@ -13,6 +13,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCKS = ("requirements.lock", "requirements-test.lock", "requirements-tools.lock")
+# The pip-compile options Renovate's pip-compile manager accepts in a
+# lock's header (its manager's list, read in its source, 2026-08).
+RENOVATE_KNOWS = {
+    "--allow-unsafe", "--generate-hashes", "--no-emit-index-url", "--strip-extras",
+    "-v", "--emit-index-url", "--index-url", "--all-extras", "--resolver",
+    "--constraint", "--output-file", "--extra", "--extra-index-url",
+}  # fmt: skip
 
 
 def _normalised(name: str) -> str:
@@ -38,6 +45,10 @@ def test_every_pin_is_exact_and_hashed(lock):
     assert "--generate-hashes" in command and command.endswith(f" {source}")
     # Nothing of the machine that locked it: no index or wheel folders.
     assert "--no-emit-index-url" in command
+    # Renovate runs that command again, and skips a lock whose command has
+    # an option its pip-compile manager does not know.
+    options = {o.split("=")[0] for o in command.split() if o.startswith("-")}
+    assert options <= RENOVATE_KNOWS, options - RENOVATE_KNOWS
     assert not re.search(r"^--(extra-)?(index-url|find-links)", text, re.M)
     entries = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n\n", 1)[1])
     pins = [e for e in entries if not e.startswith("#")]

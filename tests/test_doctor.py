@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from quaylock import doctor
@@ -37,7 +37,7 @@ def make_tls(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "tls.crt", folder / "tls.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "365",
          "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
@@ -307,6 +307,95 @@ def test_missing_tls_key_is_high(tmp_path, hardened):
     assert status == 1
 
 
+def _certificate(folder: Path, days: tuple[int, int]) -> tuple[Path, Path]:
+    """A self-signed certificate valid from days[0] to days[1] from now."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(days=days[0]))
+        .not_valid_after(now + datetime.timedelta(days=days[1]))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert, key_path = folder / "cert.pem", folder / "key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))  # fmt: skip
+    key_path.chmod(0o600)
+    return cert, key_path
+
+
+@pytest.mark.parametrize(
+    "days, code, severity",
+    [((-30, -1), "tls-expired", "high"), ((-30, 10), "tls-expiring", "medium")],
+)
+def test_a_certificate_past_or_near_its_end_is_reported(
+    tmp_path, hardened, days, code, severity
+):
+    cert, key = _certificate(tmp_path, days)
+    settings = changed(
+        hardened.settings, lambda s: s["tls"].update(cert=str(cert), key=str(key))
+    )
+    _, findings = audit(tmp_path, settings, hardened.data)
+    assert severities(findings, code) == [severity]
+
+
+def test_a_certificate_that_does_not_go_with_its_key_is_high_and_serve_refuses_it(
+    tmp_path, hardened
+):
+    cert, _ = _certificate(tmp_path, (-1, 365))
+    other = tmp_path / "other"
+    other.mkdir()
+    _, key = _certificate(other, (-1, 365))
+    settings = changed(
+        hardened.settings, lambda s: s["tls"].update(cert=str(cert), key=str(key))
+    )
+    status, findings = audit(tmp_path, settings, hardened.data)
+    assert severities(findings, "tls-unusable") == ["high"] and status == 1
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump({**settings, "listen": "127.0.0.1:1"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUAYLOCK_")}
+    served = subprocess.run(
+        [str(QUAYLOCK), "serve", "--config", str(config), "--data", str(tmp_path / "d")],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert served.returncode == 2
+    assert served.stderr.startswith("quaylock: tls: cannot use certificate")
+    assert "Traceback" not in served.stderr
+
+
+def test_a_folder_anyone_may_write_above_a_key_is_high(tmp_path, hardened):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    key = shared / "cosign.pub"
+    key.write_bytes(
+        Path(
+            hardened.settings["signatures"]["policies"][0]["cosign_keys"][0]
+        ).read_bytes()
+    )
+    shared.chmod(0o777)
+    settings = changed(
+        hardened.settings,
+        lambda s: s["signatures"]["policies"][0].update(cosign_keys=[str(key)]),
+    )
+    _, findings = audit(tmp_path, settings, hardened.data)
+    found = [f for f in findings if f["code"] == "world-writable"]
+    assert [f["severity"] for f in found] == ["high"]
+    assert f"folder {shared} is mode 0777" in found[0]["message"]
+    shared.chmod(0o1777)  # the sticky bit: nobody renames another's file
+    _, findings = audit(tmp_path, settings, hardened.data)
+    assert not [f for f in findings if f["code"] == "world-writable"]
+
+
 def test_admin_password_file_left_behind_is_medium(tmp_path, hardened):
     data = tmp_path / "data"
     shutil.copytree(hardened.data, data)
@@ -450,8 +539,9 @@ def test_metrics_open_beyond_loopback_is_medium():
         ([], b'{"errors": [], "version": "0.1.0"}', "version-disclosed", "medium"),
         ([], b"<hr>granian/2.8.9", "version-disclosed", "medium"),
         ([("server", "granian")], b"", "software-named", "low"),
+        ([("via", "1.1 nginx/1.25.3")], b"", "version-disclosed", "medium"),
     ],
-    ids=["server header", "x-powered-by", "json body", "html body", "name only"],
+    ids=["server header", "x-powered-by", "json body", "html body", "name only", "via"],
 )
 def test_version_in_an_answer_is_reported(headers, body, code, severity):
     answer = doctor.Answer(404, headers, body, "127.0.0.1")
@@ -513,3 +603,17 @@ def test_deps_with_a_missing_advisory_folder_exits_2(tmp_path):
                         "--advisories", str(tmp_path / "nowhere"))  # fmt: skip
     assert result.returncode == 2
     assert "nowhere" in result.stderr
+
+
+def test_text_output_escapes_what_a_hostile_server_sends():
+    from quaylock.cli.doctor import _printable
+
+    assert _printable("alert \x15\x03\x1b[2J ok") == "alert \\x15\\x03\\x1b[2J ok"
+
+
+def test_advisories_alone_mean_deps(tmp_path, hardened, snapshot):
+    config = tmp_path / "quaylock.yaml"
+    config.write_text(yaml.safe_dump(hardened.settings))
+    result = run_doctor("--config", str(config), "--data", str(hardened.data),
+                        "--advisories", str(snapshot))  # fmt: skip
+    assert "(PyPA snapshot, newest entry 2024-10-10)" in result.stdout.splitlines()[0]

@@ -133,6 +133,17 @@ def test_migrate_moves_a_store_on_and_an_older_quaylock_refuses_a_newer_one(
     refused = run("migrate", "--data", str(data))
     assert refused.returncode == 2
     assert "upgrade quaylock" in refused.stderr
+    for command in (
+        ("quota",),
+        ("gc", "--dry-run"),
+        ("user", "list"),
+        ("audit", "verify"),
+    ):
+        refused = run(*command, "--data", str(data))
+        assert refused.returncode == 2, command
+        assert (
+            "upgrade quaylock" in refused.stderr and "Traceback" not in refused.stderr
+        )
     with pytest.raises(RuntimeError, match="upgrade quaylock before starting it"):
         start_server(tmp_path / "serve")
 
@@ -149,3 +160,82 @@ def test_doctor_says_when_the_sbom_no_longer_matches(tmp_path, monkeypatch):
     monkeypatch.setattr(about, "sbom_path", lambda: tmp_path / "none.json")
     (missing,) = doctor.check_sbom()
     assert missing.code == "sbom-missing" and "make sbom" in missing.message
+
+
+def test_migration_8_gives_old_manifests_to_who_pushed_them(tmp_path):
+    from quaylock.metadata.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'metadata.db'}"
+    open_store(url).close()
+    # A store as schema 7 left it: manifests with no pusher, and the audit
+    # records of who pushed them (a user, a robot, anonymous).
+    db = sqlite3.connect(tmp_path / "metadata.db")
+    db.execute("INSERT INTO repositories VALUES (1, 'team/app', 0)")
+    db.execute(
+        "INSERT INTO robots VALUES ('robot$ci', 'carol', 'x', '[]', NULL, NULL, 0)"
+    )
+    for digest, size, subject in (("sha256:a", 100, "alice"), ("sha256:b", 30, "robot$ci"),
+                                  ("sha256:c", 7, "anonymous")):  # fmt: skip
+        db.execute(
+            "INSERT INTO manifests (repository_id, digest, media_type, size, content, "
+            "created_at) VALUES (1, ?, 'application/vnd.oci.image.manifest.v1+json', "
+            "?, x'00', 0)", (digest, size),
+        )  # fmt: skip
+        db.execute(
+            "INSERT INTO audit_log (time, action, subject, repository, tag, new_digest, "
+            "prev_hash, hash) VALUES (0, 'tag.create', ?, 'team/app', 'v1', ?, '', '')",
+            (subject, digest),
+        )  # fmt: skip
+    db.execute("UPDATE schema_version SET version = 7")
+    db.commit()
+
+    open_store(url).close()  # migrates
+    assert dict(db.execute("SELECT digest, pushed_by FROM manifests")) == {
+        "sha256:a": "alice", "sha256:b": "carol", "sha256:c": None,
+    }  # fmt: skip
+    assert dict(db.execute("SELECT name, bytes FROM usage WHERE scope = 'user'")) == {
+        "alice": 100, "carol": 30,
+    }  # fmt: skip
+    db.close()
+
+
+def test_an_sbom_that_is_not_cyclonedx_is_not_served_as_one(tmp_path, monkeypatch):
+    from quaylock import about
+
+    path = tmp_path / "sbom.cdx.json"
+    monkeypatch.setattr(about, "sbom_path", lambda: path)
+    assert about.read_sbom()[1].startswith("no SBOM at")
+    path.write_text('{"bomFormat": "SPDX"}')
+    assert "is not a CycloneDX document" in about.read_sbom()[1]
+    path.write_text("{not json")
+    assert "cannot be read" in about.read_sbom()[1]
+
+
+def test_doctor_reads_the_stores_schema(tmp_path):
+    from quaylock import config as config_mod
+    from quaylock import doctor
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    assert run("migrate", "--data", str(data)).returncode == 0
+    config = config_mod.Config(data=str(data))
+    assert not [f for f in doctor.check_files(config) if "schema" in f.message]
+    database = sqlite3.connect(data / "metadata.db")
+    for version, code, severity in ((SCHEMA_VERSION + 1, "schema-too-new", "high"),
+                                    (SCHEMA_VERSION - 1, "migration-due", "low")):  # fmt: skip
+        database.execute("UPDATE schema_version SET version = ?", (version,))
+        database.commit()
+        (found,) = [f for f in doctor.check_files(config) if f.code == code]
+        assert found.severity == severity
+    database.close()
+
+
+def test_migrate_waits_for_no_server_and_a_running_server_is_not_migrated_under(
+    make_server,
+):
+    server = make_server()
+    refused = run("migrate", "--data", str(server.data))
+    assert refused.returncode == 2
+    assert "a quaylock server is running on" in refused.stderr
+    # --check only reads: it may look while the server runs.
+    assert run("migrate", "--check", "--data", str(server.data)).returncode == 0

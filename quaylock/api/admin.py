@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 
 from quaylock import oci
 from quaylock.api.http import JSON, Request, Response, actor_of, header
-from quaylock.errors import BadRequest, Denied, NotFound, Unauthorized
+from quaylock.errors import BadRequest, Denied, NotFound, Unauthorized, Unavailable
 from quaylock.policy.accounts import ACTOR, Subject
 from quaylock.policy.auth import Authenticator, decode_basic
 from quaylock.policy.tokens import InvalidToken
@@ -360,7 +360,7 @@ async def sbom(services: Services, request: Request) -> Response:
 
     document, why = about.read_sbom()
     if document is None:
-        raise NotFound(why)
+        raise NotFound(why) if not about.sbom_path().exists() else Unavailable(why)
     body = json.dumps(document).encode()
     kind = header("content-type", "application/vnd.cyclonedx+json")
     return Response(200, [kind], body=body)

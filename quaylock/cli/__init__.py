@@ -1,6 +1,7 @@
 """The `quaylock` command line (`cli.main`)."""
 
 import argparse
+import fcntl
 import os
 import sys
 
@@ -18,7 +19,7 @@ def add_store_options(parser, actions=None) -> None:
             "--config", default=argparse.SUPPRESS, help="YAML configuration file"
         )
         action.add_argument(
-            "--data", default=argparse.SUPPRESS, help="YAML configuration file"
+            "--data", default=argparse.SUPPRESS, help="data folder (default ./data)"
         )
 
 
@@ -32,3 +33,19 @@ def missing_data(data: str) -> bool:
         file=sys.stderr,
     )
     return True
+
+
+def data_lock(data: str, exclusive: bool):
+    """A lock on the data folder: `serve` holds it shared while it runs (its
+    workers inherit it), `migrate` and a server that migrates hold it
+    alone. The open file holding it, or None when it is taken the other
+    way: a migration must never run under a server still using the old
+    schema (its writes would fail)."""
+    lock = open(os.path.join(data, "serve.lock"), "a")  # noqa: SIM115 - held
+    how = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        fcntl.flock(lock, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock

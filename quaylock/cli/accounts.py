@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from quaylock import config as config_mod
-from quaylock.cli import add_store_options
+from quaylock.cli import add_store_options, missing_data
 from quaylock.errors import RegistryError
 from quaylock.metadata.store import open_store
 from quaylock.policy.accounts import ACTOR, Accounts
@@ -97,6 +97,8 @@ def run(args) -> int:
 
     apply_flags(args)
     config = config_mod.load(os.environ.get("QUAYLOCK_CONFIG_FILE") or None)
+    if missing_data(config.data):
+        return 2  # not a new, empty store in the wrong folder
     data = Path(config.data).resolve()
     if args.command == "token":
         kid = KeyRing(data / "keys").rotate()

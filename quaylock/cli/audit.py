@@ -9,7 +9,7 @@ import os
 import sys
 
 from quaylock import config as config_mod
-from quaylock.cli import add_store_options
+from quaylock.cli import add_store_options, missing_data
 from quaylock.errors import RegistryError
 from quaylock.metadata import audit
 from quaylock.metadata.store import open_store
@@ -69,6 +69,8 @@ def run(args) -> int:
 
     apply_flags(args)
     config = config_mod.load(os.environ.get("QUAYLOCK_CONFIG_FILE") or None)
+    if missing_data(config.data):
+        return 2
     store = open_store(config.metadata_url)
     try:
         if args.command == "audit":

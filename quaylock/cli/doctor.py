@@ -39,7 +39,7 @@ def add_parsers(commands) -> None:
         help="also audit installed dependencies against --advisories",
     )  # fmt: skip
     parser.add_argument(
-        "--advisories", help="folder of the offline advisory database (with --deps)"
+        "--advisories", help="folder of OSV advisories (implies --deps)"
     )
 
 
@@ -50,6 +50,7 @@ def run(args) -> int:
 
     if args.deps and not args.advisories:
         return _bad_input("--deps needs --advisories PATH (the advisory database)")
+    args.deps = args.deps or bool(args.advisories)  # --advisories alone means it
     apply_flags(args)
     config = config_mod.load(os.environ.get("QUAYLOCK_CONFIG_FILE") or None)
     findings = doctor.check_config(config) + doctor.check_files(config)
@@ -81,12 +82,19 @@ def run(args) -> int:
     return 1 if counts[doctor.HIGH] else 0
 
 
+def _printable(text: str) -> str:
+    """`text` with control characters escaped: a message may quote what a
+    server answered, and a hostile one could send terminal escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _print_text(findings: list, counts: dict, date_line: str | None) -> None:
     if date_line is not None:
         print(date_line)
     for finding in findings:
-        print(f"{finding.severity.upper():<6}  {finding.code}: {finding.message}")
-        print(f"{'':<6}  fix: {finding.fix}")
+        message, fix = _printable(finding.message), _printable(finding.fix)
+        print(f"{finding.severity.upper():<6}  {finding.code}: {message}")
+        print(f"{'':<6}  fix: {fix}")
     summary = ", ".join(f"{counts[s]} {s}" for s in doctor.SEVERITIES)
     verdict = "fails (a high finding)" if counts[doctor.HIGH] else "passes"
     print(f"quaylock doctor: {summary}; {verdict}")

@@ -10,7 +10,8 @@ import time
 
 from quaylock import __version__
 from quaylock import config as config_mod
-from quaylock.cli import add_store_options, missing_data
+from quaylock.cli import add_store_options, data_lock, missing_data
+from quaylock.metadata.schema import SchemaTooNew
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print(f"quaylock: configuration error: {exc}", file=sys.stderr)
         return 2
+    except SchemaTooNew as exc:
+        print(f"quaylock: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -118,6 +122,14 @@ def _migrate(args) -> int:
         return 2
     found = stored_schema_version(config.metadata_url)
     target = schema.SCHEMA_VERSION
+    lock = None if args.check else data_lock(config.data, exclusive=True)
+    if not args.check and lock is None:
+        print(
+            f"quaylock: a quaylock server is running on {config.data}: stop it "
+            "(all its workers) before migrating",
+            file=sys.stderr,
+        )
+        return 2
     if found is not None and found > target:
         print(
             f"quaylock: metadata schema is version {found}, but this quaylock "

@@ -8,6 +8,7 @@ from the same configuration (`quaylock.api.app.create_app`).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import socket
@@ -16,9 +17,11 @@ from pathlib import Path
 
 from quaylock import config as config_mod
 from quaylock import log, metrics
+from quaylock.cli import data_lock
 from quaylock.cli.main import apply_flags
-from quaylock.metadata.schema import SchemaTooNew
-from quaylock.metadata.store import open_store
+from quaylock.doctor import tls_problem
+from quaylock.metadata.schema import SCHEMA_VERSION, SchemaTooNew
+from quaylock.metadata.store import open_store, stored_schema_version
 from quaylock.policy.accounts import Accounts
 from quaylock.policy.limiter import LoginLimiter
 from quaylock.policy.tokens import KeyRing
@@ -86,6 +89,36 @@ async def _ensure_admin(accounts, data: Path, password: str | None):
     return await accounts.ensure_admin(data, password)
 
 
+def _hold_data(config):
+    """The data folder's lock (cli.data_lock), held for as long as this
+    server runs; alone while a migration is due. None, having said why,
+    when another process holds it the other way."""
+    lock = data_lock(config.data, exclusive=False)
+    if lock is None:
+        print(f"quaylock: `quaylock migrate` is running on {config.data}; "
+              "start the server when it is done", file=sys.stderr)  # fmt: skip
+        return None
+    found = stored_schema_version(config.metadata_url)
+    if found is not None and found < SCHEMA_VERSION:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"quaylock: the store in {config.data} needs migrating from schema "
+                f"{found} to {SCHEMA_VERSION}, but another quaylock server is "
+                "running on it: stop that one first (it cannot use the new schema)",
+                file=sys.stderr,
+            )
+            lock.close()
+            return None
+    _HELD.append(lock)
+    return lock
+
+
+# The data folder's lock, held until the process ends.
+_HELD: list = []
+
+
 def serve(args) -> int:
     apply_flags(args)
     config = config_mod.load(os.environ.get("QUAYLOCK_CONFIG_FILE") or None)
@@ -95,12 +128,19 @@ def serve(args) -> int:
     # Everything the registry writes (database, blobs, keys later) is for
     # its own eyes only.
     os.umask(0o077)
+    if config.tls.cert and (problem := tls_problem(config.tls.cert, config.tls.key)):
+        print(f"quaylock: tls: {problem}", file=sys.stderr)
+        return 2
     os.makedirs(config.data, mode=0o700, exist_ok=True)
+    lock = _hold_data(config)
+    if lock is None:
+        return 2
     try:
         prepare(config)
     except SchemaTooNew as exc:
         print(f"quaylock: {exc}", file=sys.stderr)
         return 2
+    fcntl.flock(lock, fcntl.LOCK_SH)  # migrated, if it had to: share again
 
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces

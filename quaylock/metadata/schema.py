@@ -211,6 +211,10 @@ MIGRATIONS: list[str] = [
     INSERT INTO staged SELECT '', coalesce(sum(size), 0), 0 FROM uploads;
     INSERT INTO staged SELECT subject, sum(size), 0 FROM uploads GROUP BY subject
     """,
+    # 8: manifests stored before 7 have no pusher, so no user's quota
+    # counted them. The audit log names who pushed each: Python
+    # (`_credit_pushers`) gives them to that user (a robot's owner).
+    "",
 ]
 
 
@@ -234,8 +238,39 @@ def _count_manifests(c) -> None:
     )
 
 
+def _credit_pushers(c) -> None:
+    """Migration 8: each manifest without a pusher goes to the subject of
+    the first audit record that pushed or tagged it there, and its bytes to
+    that user's quota (a robot's to its owner; anonymous pushes to nobody)."""
+    owners = dict(c.execute("SELECT name, owner FROM robots").fetchall())
+    unclaimed = c.execute(
+        "SELECT m.repository_id, r.name, m.digest, m.size FROM manifests m "
+        "JOIN repositories r ON r.id = m.repository_id WHERE m.pushed_by IS NULL"
+    ).fetchall()
+    credit: dict[str, int] = {}
+    for repository_id, repository, digest, size in unclaimed:
+        row = c.execute(
+            "SELECT subject FROM audit_log WHERE repository = ? AND new_digest = ? "
+            "AND action IN ('push', 'tag.create', 'tag.move') ORDER BY seq LIMIT 1",
+            (repository, digest),
+        ).fetchone()
+        if row is None or row[0] in ("", "anonymous"):
+            continue
+        user = owners.get(row[0], row[0])
+        c.execute(
+            "UPDATE manifests SET pushed_by = ? WHERE repository_id = ? AND digest = ?",
+            (user, repository_id, digest),
+        )
+        credit[user] = credit.get(user, 0) + size
+    c.executemany(
+        "INSERT INTO usage VALUES ('user', ?, ?) ON CONFLICT (scope, name) "
+        "DO UPDATE SET bytes = usage.bytes + excluded.bytes",
+        list(credit.items()),
+    )
+
+
 # Python that runs after a step's SQL, by the version the step reaches.
-AFTER = {7: _count_manifests}
+AFTER = {7: _count_manifests, 8: _credit_pushers}
 
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -139,6 +139,15 @@ class SQLiteStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+        if version < schema.SCHEMA_VERSION:
+            from quaylock import log  # noqa: PLC0415 - once per start
+
+            # A migration cannot be undone but by a backup: say it happened.
+            log.event(
+                log.logger, 20 if version == 0 else 30,
+                "metadata store created" if version == 0 else "metadata schema migrated",
+                path=self.path, schema_from=version, schema_to=schema.SCHEMA_VERSION,
+            )  # fmt: skip
 
     def schema_version(self) -> int:
         return self._reader.execute("SELECT version FROM schema_version").fetchone()[0]

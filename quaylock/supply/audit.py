@@ -46,6 +46,11 @@ ECOSYSTEM = "PyPI"
 SUMMARY_WIDTH = 120
 
 
+# Advisory data older than this is said to be old (not refused: an
+# air-gapped site may sync monthly).
+STALE_DAYS = 30
+
+
 class AdvisoryError(ValueError):
     """The advisory folder is missing, or a file in it is not an OSV advisory."""
 
@@ -301,17 +306,29 @@ def _modified(path: Path) -> datetime | None:
     return _timestamp(str(osv.get("modified", ""))) if isinstance(osv, dict) else None
 
 
-def data_date(folder: Path) -> datetime | None:
+def data_date(folder: Path) -> datetime:
     """The newest `modified` timestamp among all advisory files in `folder`
-    (not only those of the audited packages); None when there is none.
+    (not only those of the audited packages).
 
     Raises:
-        AdvisoryError: `folder` is not a folder.
+        AdvisoryError: `folder` is not a folder, or holds no dated advisory:
+            an empty or half-synced mirror must not pass a lock as clean.
     """
     folder = Path(folder)
     _check_folder(folder)
-    dates = (_modified(path) for path in _all_files(folder))
-    return max((date for date in dates if date is not None), default=None)
+    dates = [_modified(path) for path in _all_files(folder)]
+    if not dates:
+        raise AdvisoryError(
+            f"no advisories in {folder}: expected OSV .yaml/.json files (an "
+            "empty or unsynced mirror cannot show that anything is safe)"
+        )
+    newest = max((date for date in dates if date is not None), default=None)
+    if newest is None:
+        raise AdvisoryError(
+            f"none of the {len(dates)} advisories in {folder} says when it was "
+            "modified: the data's age cannot be told"
+        )
+    return newest
 
 
 # --- The advisories an audit needs ----------------------------------------
@@ -323,7 +340,7 @@ class Advisories:
 
     folder: Path
     layout: str  # "PyPA snapshot" or "OSV folder"
-    newest: datetime | None
+    newest: datetime
     packages: frozenset[str]  # normalised names loaded
     by_package: dict[str, list[tuple[Advisory, Affected]]]
 
@@ -355,8 +372,14 @@ class Advisories:
         )
 
     def date_line(self) -> str:
-        newest = self.newest.astimezone(UTC).date() if self.newest else "unknown"
-        return f"advisories: {self.folder} ({self.layout}, newest entry {newest})"
+        newest = self.newest.astimezone(UTC)
+        line = (
+            f"advisories: {self.folder} ({self.layout}, newest entry {newest.date()})"
+        )
+        age = (datetime.now(UTC) - newest).days
+        if age > STALE_DAYS:
+            line += f"; warning: {age} days old, so it knows of nothing newer"
+        return line
 
 
 # --- What is audited ------------------------------------------------------
