@@ -18,9 +18,12 @@ makes five GET requests and follows no redirect.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import http.client
 import ipaddress
 import re
+import socket
 import sqlite3
 import ssl
 import stat
@@ -482,12 +485,12 @@ def _permissions(path: Path, secret: bool) -> list[Finding]:
 def _schema(config: Config) -> list[Finding]:
     """The store's schema against this quaylock's: a newer one will not
     start, an older one is migrated when it does."""
-    from quaylock.metadata.schema import SCHEMA_VERSION  # noqa: PLC0415
+    from quaylock.metadata.schema import SCHEMA_VERSION, StoreError  # noqa: PLC0415
     from quaylock.metadata.store import stored_schema_version  # noqa: PLC0415
 
     try:
         found = stored_schema_version(config.metadata_url)
-    except (ValueError, OSError, sqlite3.Error) as exc:
+    except (ValueError, OSError, sqlite3.Error, StoreError) as exc:
         return [Finding(
             HIGH, "store-unreadable", f"the metadata store cannot be read: {exc}",
             "check metadata.url and the database file",
@@ -556,8 +559,17 @@ class Answer:
     client_address: str  # the address the server saw the request from
 
 
+# How long all the probes of --url may take together: a registry, or
+# whatever is in front of it, that answers a byte at a time must not hold a
+# deployment gate for ever.
+PROBES_SECONDS = 30.0
+
+
 def check_running(
-    url: str, cafile: str | None = None, timeout: float = 5.0
+    url: str,
+    cafile: str | None = None,
+    timeout: float = 5.0,
+    total: float = PROBES_SECONDS,
 ) -> list[Finding]:
     """Findings about the registry that answers at `url`: health, what it
     tells an anonymous stranger, who may read /metrics.
@@ -567,7 +579,7 @@ def check_running(
     """
     findings = url_findings(url)
     parts = urllib.parse.urlsplit(url)
-    get = _getter(parts, cafile, timeout)
+    get = _getter(parts, cafile, timeout, time.monotonic() + total)
 
     try:
         health = get("/healthz")
@@ -585,25 +597,37 @@ def check_running(
             "start the registry, or give doctor the URL it serves at",
         )]  # fmt: skip
 
+    answers = {"/healthz": health}
+    for path in ("/readyz", "/v2/", ERROR_PROBE, "/metrics"):
+        try:
+            answers[path] = get(path)
+        except (OSError, http.client.HTTPException) as exc:
+            findings.append(Finding(
+                HIGH, "probe-failed",
+                f"GET {url}{path} failed: {exc or type(exc).__name__}",
+                "a registry that answers /healthz answers this too: check the "
+                "server's log, and whatever is in front of it",
+            ))  # fmt: skip
+
     # Health: the process, then the stores behind it.
-    readiness = get("/readyz")
-    for path, answer in (("/healthz", health), ("/readyz", readiness)):
-        if answer.status != 200:
+    for path, code in (("/healthz", "not-healthy"), ("/readyz", "not-ready")):
+        answer = answers.get(path)
+        if answer is not None and answer.status != 200:
             body = answer.body[:300].decode(errors="replace")
             findings.append(Finding(
-                HIGH, "not-ready" if path == "/readyz" else "not-healthy",
-                f"GET {path} answers {answer.status}: {body}",
+                HIGH, code, f"GET {path} answers {answer.status}: {body}",
                 "see which store the body names; check the data folder, the "
                 "disk and the server's log",
             ))  # fmt: skip
 
-    # What a stranger learns: the API root and an error answer.
-    answers = {"/v2/": get("/v2/"), ERROR_PROBE: get(ERROR_PROBE)}
-    metrics = get("/metrics")
-    if metrics.status == 200:
-        answers["/metrics"] = metrics
-    findings += disclosure_findings(answers)
-    findings += metrics_findings(metrics.status, metrics.client_address)
+    # What a stranger learns: the API root, an error answer, open metrics.
+    shown = {p: answers[p] for p in ("/v2/", ERROR_PROBE) if p in answers}
+    metrics = answers.get("/metrics")
+    if metrics is not None and metrics.status == 200:
+        shown["/metrics"] = metrics
+    findings += disclosure_findings(shown)
+    if metrics is not None:
+        findings += metrics_findings(metrics.status, metrics.client_address)
     return findings
 
 
@@ -679,13 +703,21 @@ def metrics_findings(status: int, client_address: str) -> list[Finding]:
     return []
 
 
-def _getter(parts: urllib.parse.SplitResult, cafile: str | None, timeout: float):
+def _getter(
+    parts: urllib.parse.SplitResult, cafile: str | None, timeout: float,
+    deadline: float,
+):  # fmt: skip
     """A function that GETs a path from the registry at `parts`, anonymously,
-    on a connection of its own, and reads at most _BODY_MAX_BYTES."""
+    on a connection of its own, and reads at most _BODY_MAX_BYTES; each
+    socket wait is held to `timeout`, all of them together to `deadline`
+    (time.monotonic()).
+
+    The function raises OSError or http.client.HTTPException as http.client
+    does, and TimeoutError past the deadline."""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     context = ssl.create_default_context(cafile=cafile) if cafile else None
 
-    def get(path: str) -> Answer:
+    def fetch(path: str, opened: list) -> Answer:
         if parts.scheme == "https":
             connection = http.client.HTTPSConnection(
                 parts.hostname, port, timeout=timeout,
@@ -695,6 +727,7 @@ def _getter(parts: urllib.parse.SplitResult, cafile: str | None, timeout: float)
             connection = http.client.HTTPConnection(
                 parts.hostname, port, timeout=timeout
             )
+        opened.append(connection)
         try:
             connection.request("GET", parts.path.rstrip("/") + path)
             client_address = connection.sock.getsockname()[0]
@@ -704,6 +737,25 @@ def _getter(parts: urllib.parse.SplitResult, cafile: str | None, timeout: float)
             return Answer(response.status, headers, body, client_address)
         finally:
             connection.close()
+
+    def get(path: str) -> Answer:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no time left for this probe")
+        opened: list = []
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        try:
+            return pool.submit(fetch, path, opened).result(timeout=left)
+        except concurrent.futures.TimeoutError:
+            for connection in opened:
+                # A shut-down socket wakes the fetch's wait, with an error.
+                with contextlib.suppress(OSError, AttributeError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+            raise TimeoutError(
+                "no whole answer in the time left for the probes"
+            ) from None
+        finally:
+            pool.shutdown(wait=False)
 
     return get
 

@@ -410,3 +410,28 @@ def test_a_flat_walk_of_the_snapshot_finds_the_same(snapshot):
     assert ("jw-util", "PYSEC-2020-341") in {
         (f.package, f.advisory_id) for f in by_folder
     }
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        # A few hundred bytes of aliases that stand for 9**9 strings.
+        ("bomb.yaml", "id: X\nx0: &a0 [l,l,l,l,l,l,l,l,l]\n" + "".join(
+            f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)
+        ) + "modified: *a8\n"),
+        ("deep.json", "[" * 100_000),
+        ("shape.yaml", "id: X\nmodified: 2024-01-01T00:00:00Z\naffected: [hello]\n"),
+        ("package.yaml", "id: X\nmodified: 2024-01-01T00:00:00Z\naffected:\n- package: pyyaml\n"),
+        ("events.yaml", "id: X\nmodified: 2024-01-01T00:00:00Z\naffected:\n"
+                        "- package: {ecosystem: PyPI, name: demo-pkg}\n"
+                        "  ranges: [{type: ECOSYSTEM, events: [x]}]\n"),
+    ],
+)  # fmt: skip
+def test_a_hostile_advisory_is_refused_with_exit_2_not_expanded(tmp_path, name, text):
+    folder = tmp_path / "osv"
+    write(folder / "GOOD-1.yaml", "id: GOOD-1\nmodified: 2024-01-01T00:00:00Z\n")
+    write(folder / name, text)
+    lock = write(tmp_path / "requirements.lock", "demo-pkg==1.0 \\\n    --hash=sha256:00\n")
+    result = run_audit("--advisories", str(folder), "--lock", str(lock))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert name in result.stderr and "Traceback" not in result.stderr

@@ -8,6 +8,7 @@ finding can only come from that change.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import json
@@ -617,3 +618,53 @@ def test_advisories_alone_mean_deps(tmp_path, hardened, snapshot):
     result = run_doctor("--config", str(config), "--data", str(hardened.data),
                         "--advisories", str(snapshot))  # fmt: skip
     assert "(PyPA snapshot, newest entry 2024-10-10)" in result.stdout.splitlines()[0]
+
+
+def _hostile_server(mode: str):
+    """A server of this test's own on 127.0.0.1 that answers /healthz, then
+    misbehaves: "drip" sends a byte every half second, "close" hangs up."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(connection: socket.socket) -> None:
+        with connection:
+            request = connection.recv(4096)
+            if b"GET /healthz " in request:
+                connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            elif mode == "drip":
+                for byte in (
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 100
+                ):
+                    if stop.wait(0.5):
+                        return
+                    with contextlib.suppress(OSError):
+                        connection.sendall(bytes([byte]))
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                connection, _ = listener.accept()
+                threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", stop, listener
+
+
+@pytest.mark.parametrize("mode", ["drip", "close"])
+def test_a_registry_that_answers_badly_after_healthz_is_high_not_a_traceback(mode):
+    url, stop, listener = _hostile_server(mode)
+    try:
+        started = time.monotonic()
+        findings = doctor.check_running(url, timeout=2, total=3)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        listener.close()
+    failed = [f for f in findings if f.code == "probe-failed"]
+    assert failed and all(f.severity == "high" for f in failed), findings
+    # The whole check keeps to its time, however slow the answers.
+    assert took < 3 + 2 + 1, took

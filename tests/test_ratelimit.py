@@ -114,8 +114,11 @@ def test_leases_never_pass_the_limit_and_cost_little_precision(tmp_path):
     # Never past the burst; at most one unused lease per worker short of it.
     assert 320 - 2 * 16 <= allowed <= 320
     assert all(v.remaining >= 0 for v in verdicts)
-    # A lease past its time gives back what it did not use.
-    mono[0], wall[0] = 5.0, 1032.0  # the bucket has refilled
+    # Leases left half used, then the bucket refills and the leases run
+    # out: what they left is not counted again on top of a full bucket.
+    mono[0], wall[0] = 5.0, 1064.0
+    assert all(v.allowed for v in asyncio.run(charge(6)))
+    mono[0], wall[0] = 10.0, 1096.0
     verdicts = asyncio.run(charge(400))
     assert 320 - 2 * 16 <= sum(v.allowed for v in verdicts) <= 320
 

@@ -344,3 +344,30 @@ def test_the_repository_guard_compares_with_the_oldest_names_up_to_its_cap(make_
     assert past.client.post("/v2/team/ccc_three/blobs/uploads/").status_code == 202
     warning = "repositories: only 2 are compared (tags.lookalike_max_names)"
     assert warning in server.log()
+
+
+def test_junk_tags_do_not_push_a_protected_name_out_of_the_guard(tmp_path, make_server):
+    from tests.conftest import start_server
+
+    tags = {"rules": [{"repositories": ["**"], "protected": ["latest"],
+                       "lookalike": "deny"}], "lookalike_max_names": 5}  # fmt: skip
+    server = start(make_server, tags)
+    admin = Pusher(server, ADMIN, "team/app")
+    dev = Pusher(server, DEV, "team/app")
+    assert admin.push("latest", admin.image("base")).status_code == 201
+    junk = dev.image("junk")
+    for i in range(8):  # more recent moves than the guard's window holds
+        assert dev.push(f"junk-{i}", junk).status_code == 201
+    # A new process rebuilds the guard from the window, and still has latest.
+    server.stop()
+    settings = copy.deepcopy(RULES)
+    settings["tags"], settings["server"] = tags, {"workers": 1}
+    again = start_server(
+        server.data.parent, settings, env={"QUAYLOCK_ADMIN_PASSWORD": ADMIN[1]}
+    )
+    try:
+        refused = Pusher(again, DEV, "team/app").push("1atest", junk)
+        assert refused.status_code == 403, refused.text
+        assert "looks like 'latest'" in message(refused)
+    finally:
+        again.stop()

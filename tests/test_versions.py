@@ -239,3 +239,35 @@ def test_migrate_waits_for_no_server_and_a_running_server_is_not_migrated_under(
     assert "a quaylock server is running on" in refused.stderr
     # --check only reads: it may look while the server runs.
     assert run("migrate", "--check", "--data", str(server.data)).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE schema_version SET version = 'abc'",
+        "INSERT INTO schema_version VALUES (99)",
+        "garbage",
+    ],
+)
+def test_a_damaged_store_is_one_line_and_exit_2_everywhere(tmp_path, damage):
+    data = tmp_path / "serve" / "data"
+    data.mkdir(parents=True)
+    assert run("migrate", "--data", str(data)).returncode == 0
+    if damage == "garbage":
+        (data / "metadata.db").write_bytes(b"not a database at all " * 100)
+        for suffix in ("-wal", "-shm"):
+            (data / f"metadata.db{suffix}").unlink(missing_ok=True)
+    else:
+        database = sqlite3.connect(data / "metadata.db")
+        database.execute(damage)
+        database.commit()
+        database.close()
+    for command in (("migrate",), ("migrate", "--check"), ("quota",), ("user", "list")):
+        result = run(*command, "--data", str(data))
+        assert result.returncode == 2, (command, result.stderr)
+        assert "Traceback" not in result.stderr and result.stderr.startswith(
+            "quaylock: "
+        )
+    with pytest.raises(RuntimeError, match="quaylock exited early"):
+        start_server(tmp_path / "serve")
+    assert "Traceback" not in (tmp_path / "serve" / "server.log").read_text()

@@ -11,7 +11,7 @@ import time
 from quaylock import __version__
 from quaylock import config as config_mod
 from quaylock.cli import add_store_options, data_lock, missing_data
-from quaylock.metadata.schema import SchemaTooNew
+from quaylock.metadata.schema import StoreError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print(f"quaylock: configuration error: {exc}", file=sys.stderr)
         return 2
-    except SchemaTooNew as exc:
+    except StoreError as exc:
         print(f"quaylock: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -20,7 +20,7 @@ from quaylock import log, metrics
 from quaylock.cli import data_lock
 from quaylock.cli.main import apply_flags
 from quaylock.doctor import tls_problem
-from quaylock.metadata.schema import SCHEMA_VERSION, SchemaTooNew
+from quaylock.metadata.schema import SCHEMA_VERSION, StoreError
 from quaylock.metadata.store import open_store, stored_schema_version
 from quaylock.policy.accounts import Accounts
 from quaylock.policy.limiter import LoginLimiter
@@ -132,12 +132,12 @@ def serve(args) -> int:
         print(f"quaylock: tls: {problem}", file=sys.stderr)
         return 2
     os.makedirs(config.data, mode=0o700, exist_ok=True)
-    lock = _hold_data(config)
-    if lock is None:
-        return 2
     try:
+        lock = _hold_data(config)
+        if lock is None:
+            return 2
         prepare(config)
-    except SchemaTooNew as exc:
+    except StoreError as exc:
         print(f"quaylock: {exc}", file=sys.stderr)
         return 2
     fcntl.flock(lock, fcntl.LOCK_SH)  # migrated, if it had to: share again

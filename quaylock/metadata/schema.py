@@ -275,16 +275,27 @@ AFTER = {7: _count_manifests, 8: _credit_pushers}
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaTooNew(RuntimeError):
+class StoreError(RuntimeError):
+    """A metadata store this quaylock must not open: said in one line."""
+
+
+class SchemaTooNew(StoreError):
     """The store was migrated by a newer quaylock than this one."""
 
 
-def check_version(found: int) -> None:
-    """Refuse a store whose schema is newer than this code knows.
+def check_version(found) -> None:
+    """Refuse a store whose schema is newer than this code knows, or whose
+    version is not one at all.
 
     Raises:
         SchemaTooNew: `found` is above SCHEMA_VERSION.
+        StoreError: `found` is not a version.
     """
+    if not isinstance(found, int) or isinstance(found, bool) or found < 0:
+        raise StoreError(
+            f"the metadata store's schema_version holds {found!r}, not a version: "
+            "restore it from a backup"
+        )
     if found > SCHEMA_VERSION:
         raise SchemaTooNew(
             f"metadata schema is version {found}, but this quaylock knows "

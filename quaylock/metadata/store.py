@@ -119,9 +119,7 @@ class SQLiteStore:
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
                 )
-                row = conn.execute("SELECT version FROM schema_version").fetchone()
-                version = row[0] if row else 0
-                schema.check_version(version)
+                version = _one_version(conn, self.path)
                 for reached, step in enumerate(schema.MIGRATIONS, 1):
                     if reached <= version:
                         continue
@@ -264,6 +262,26 @@ class SQLiteStore:
             (repository, since, limit),
         )
         return rows.fetchall()
+
+    def existing_tags(
+        self, c: sqlite3.Connection | None, repository: str, names: list[str]
+    ) -> list[str]:
+        """Which of `names` are tags of `repository` (by the primary key,
+        whatever else the repository holds)."""
+        conn = c or self._reader
+        found = []
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            found += [
+                name
+                for (name,) in conn.execute(
+                    "SELECT t.name FROM tags t JOIN repositories r ON r.id = "
+                    f"t.repository_id WHERE r.name = ? AND t.name IN ({marks})",
+                    (repository, *chunk),
+                )
+            ]
+        return found
 
     def oldest_repositories(self, limit: int, after: int = 0) -> list[tuple[int, str]]:
         """Ids and names of the `limit` repositories created first, after
@@ -795,12 +813,42 @@ def stored_schema_version(url: str) -> int | None:
         return None
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
-        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        conn.execute("SELECT 1 FROM schema_version LIMIT 0")
     except sqlite3.OperationalError:
+        conn.close()
         return 0  # a store from before versions were kept
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise schema.StoreError(f"{path} is not a metadata store: {exc}") from None
+    try:
+        return _one_version(conn, path, check=False)
     finally:
         conn.close()
-    return row[0] if row else 0
+
+
+def _one_version(conn: sqlite3.Connection, path: str, check: bool = True):
+    """The schema version a store records: exactly one row of an integer.
+
+    Raises:
+        StoreError: the file is no SQLite database, or the record is not
+            one version.
+        SchemaTooNew: with `check`, a version newer than this code knows.
+    """
+    try:
+        rows = conn.execute("SELECT version FROM schema_version").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise schema.StoreError(f"{path} is not a metadata store: {exc}") from None
+    if len(rows) > 1:
+        raise schema.StoreError(
+            f"{path} records {len(rows)} schema versions, not one: restore it from "
+            "a backup"
+        )
+    version = rows[0][0] if rows else 0
+    if check:
+        schema.check_version(version)
+    elif not isinstance(version, int):
+        schema.check_version(version)
+    return version
 
 
 def open_store(url: str) -> SQLiteStore:
@@ -810,5 +858,9 @@ def open_store(url: str) -> SQLiteStore:
         ValueError: the URL names an engine this build does not support.
     """
     if url.startswith("sqlite:///"):
-        return SQLiteStore(url[len("sqlite:///") :])
+        path = url[len("sqlite:///") :]
+        try:
+            return SQLiteStore(path)
+        except sqlite3.DatabaseError as exc:
+            raise schema.StoreError(f"{path} is not a metadata store: {exc}") from None
     raise ValueError(f"unsupported metadata url {url!r}: use sqlite:///PATH")

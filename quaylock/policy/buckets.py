@@ -319,16 +319,18 @@ class Leases:
             return await self.buckets.take(key, rate, cost)
         now = self.clock()
         held = self._held.get(key)
-        if held is not None and (held[0] != rate or held[2] <= now):
-            leftover = held[1] if held[0] == rate else 0
-        elif held is not None and held[1] >= cost:
-            held[1] -= cost
-            leased = held[3]
-            return Verdict(
-                True, leased.limit, leased.remaining + held[1], leased.reset, 0.0
-            )
-        else:
-            leftover = held[1] if held is not None else 0
+        leftover = 0
+        if held is not None and held[0] == rate and held[2] > now:
+            if held[1] >= cost:
+                held[1] -= cost
+                leased = held[3]
+                return Verdict(
+                    True, leased.limit, leased.remaining + held[1], leased.reset, 0.0
+                )
+            # What is left of a lease still running was charged and is this
+            # process's to use. A lease past its time gives nothing back:
+            # the bucket may have refilled since, and would count it twice.
+            leftover = held[1]
         # A new lease, net of what the last one left unused.
         result = await self.buckets.take(key, rate, cost + lease - leftover)
         if result.allowed:

@@ -211,11 +211,20 @@ class TagGuard:
         if cached is not None and cached[0] > now:
             return cached[3]
         cap = self.config.lookalike_max_names
-        if cached is None or cached[1] <= now or len(cached[3]) > cap:
+        if cached is None or cached[1] <= now or len(cached[3]) > 2 * cap + 100:
             rows = store.recent_tags(c, repository, cap)
             if len(rows) == cap:
                 _warn_capped(f"tags of {repository}", cap)
-            index = NameIndex((t for t, _ in rows if _guards(rule, t)), "tag")
+            # Beyond the window of recent moves, which anyone who may push
+            # can fill with junk tags: the tags protected or immutable by
+            # name, and those this index guarded before, while they exist.
+            literal = _literal_names(rule)
+            before = [
+                n for n in (cached[3].names if cached else ()) if n not in literal
+            ]
+            kept = store.existing_tags(c, repository, [*literal, *before[-cap:]])
+            recent = [t for t, _ in rows if _guards(rule, t)]
+            index = NameIndex([*kept, *recent], "tag")
             cached = [0.0, now + _REBUILD_SECONDS, rows[0][1] if rows else 0.0, index]
             if len(self._guarded_cache) > 10_000:
                 self._guarded_cache.clear()
@@ -285,6 +294,12 @@ class TagGuard:
 
 
 _warned_capped: set[str] = set()
+
+
+def _literal_names(rule: TagRule) -> list[str]:
+    """The protected and immutable patterns that are plain names (latest,
+    stable), which the store can look up directly."""
+    return [p for p in rule.protected + rule.immutable if re.escape(p) == p]
 
 
 def _guards(rule: TagRule, tag: str) -> bool:

@@ -42,6 +42,8 @@ from packaging.version import InvalidVersion, Version
 _YamlLoader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 
 ADVISORY_SUFFIXES = (".yaml", ".yml", ".json")
+# The largest advisory file read (the PyPA snapshot's largest is 17 KB).
+_MAX_FILE_BYTES = 4 * 1024 * 1024
 ECOSYSTEM = "PyPI"
 SUMMARY_WIDTH = 120
 
@@ -213,23 +215,45 @@ def parse_advisory(path: Path, osv: object) -> Advisory | None:
         )
     if osv.get("withdrawn"):
         return None
-    affected = (_affected(entry) for entry in osv.get("affected") or [])
-    return Advisory(
-        id=str(osv["id"]),
-        aliases=tuple(str(alias) for alias in osv.get("aliases") or []),
-        summary=_summary(osv),
-        severity=_severity(osv),
-        affected=tuple(entry for entry in affected if entry is not None),
-    )
+    try:
+        affected = [_affected(entry) for entry in osv.get("affected") or []]
+        return Advisory(
+            id=str(osv["id"]),
+            aliases=tuple(str(alias) for alias in osv.get("aliases") or []),
+            summary=_summary(osv),
+            severity=_severity(osv),
+            affected=tuple(entry for entry in affected if entry is not None),
+        )
+    except (AttributeError, TypeError, KeyError) as error:
+        # A field of the wrong shape (a string where a mapping belongs):
+        # refused like an unreadable file, never taken as "no finding".
+        raise AdvisoryError(
+            f"{path}: not an OSV advisory: a field has the wrong shape ({error})"
+        ) from None
 
 
 def _read(path: Path) -> object:
+    """An advisory file, parsed. Hostile files are refused, not expanded:
+    one over _MAX_FILE_BYTES, YAML with aliases (a few hundred bytes of
+    them can stand for gigabytes), nesting too deep to parse."""
     try:
         with path.open("rb") as file:
-            if path.suffix == ".json":
-                return json.load(file)
-            return yaml.load(file, Loader=_YamlLoader)
-    except (ValueError, yaml.YAMLError) as error:
+            data = file.read(_MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise AdvisoryError(f"{path}: cannot be read: {error}") from None
+    if len(data) > _MAX_FILE_BYTES:
+        raise AdvisoryError(f"{path}: over {_MAX_FILE_BYTES} bytes, not an advisory")
+    try:
+        if path.suffix == ".json":
+            return json.loads(data)
+        if any(
+            isinstance(e, yaml.AliasEvent) for e in yaml.parse(data, Loader=_YamlLoader)
+        ):
+            raise AdvisoryError(f"{path}: YAML aliases are not allowed in an advisory")
+        return yaml.load(data, Loader=_YamlLoader)
+    except (ValueError, yaml.YAMLError, RecursionError) as error:
+        if isinstance(error, AdvisoryError):
+            raise
         raise AdvisoryError(f"{path}: not readable as OSV: {error}") from None
 
 
