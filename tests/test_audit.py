@@ -431,7 +431,9 @@ def test_a_hostile_advisory_is_refused_with_exit_2_not_expanded(tmp_path, name, 
     folder = tmp_path / "osv"
     write(folder / "GOOD-1.yaml", "id: GOOD-1\nmodified: 2024-01-01T00:00:00Z\n")
     write(folder / name, text)
-    lock = write(tmp_path / "requirements.lock", "demo-pkg==1.0 \\\n    --hash=sha256:00\n")
+    lock = write(
+        tmp_path / "requirements.lock", "demo-pkg==1.0 \\\n    --hash=sha256:00\n"
+    )
     result = run_audit("--advisories", str(folder), "--lock", str(lock))
     assert result.returncode == 2, result.stdout + result.stderr
     assert name in result.stderr and "Traceback" not in result.stderr
