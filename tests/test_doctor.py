@@ -630,7 +630,7 @@ def _hostile_server(mode: str):
     stop = threading.Event()
 
     def serve(connection: socket.socket) -> None:
-        with connection:
+        with connection, contextlib.suppress(OSError):  # the client may leave
             request = connection.recv(4096)
             if b"GET /healthz " in request:
                 connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -640,30 +640,35 @@ def _hostile_server(mode: str):
                 ):
                     if stop.wait(0.5):
                         return
-                    with contextlib.suppress(OSError):
-                        connection.sendall(bytes([byte]))
+                    connection.sendall(bytes([byte]))
 
     def accept() -> None:
         listener.settimeout(0.2)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                connection, _ = listener.accept()
-                threading.Thread(target=serve, args=(connection,), daemon=True).start()
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    connection, _ = listener.accept()
+                    threading.Thread(
+                        target=serve, args=(connection,), daemon=True
+                    ).start()
+        finally:
+            listener.close()  # here, once accept() no longer waits on it
 
-    threading.Thread(target=accept, daemon=True).start()
-    return f"http://127.0.0.1:{listener.getsockname()[1]}", stop, listener
+    accepting = threading.Thread(target=accept, daemon=True)
+    accepting.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", stop, accepting
 
 
 @pytest.mark.parametrize("mode", ["drip", "close"])
 def test_a_registry_that_answers_badly_after_healthz_is_high_not_a_traceback(mode):
-    url, stop, listener = _hostile_server(mode)
+    url, stop, accepting = _hostile_server(mode)
     try:
         started = time.monotonic()
         findings = doctor.check_running(url, timeout=2, total=3)
         took = time.monotonic() - started
     finally:
         stop.set()
-        listener.close()
+        accepting.join(5)
     failed = [f for f in findings if f.code == "probe-failed"]
     assert failed and all(f.severity == "high" for f in failed), findings
     # The whole check keeps to its time, however slow the answers.
