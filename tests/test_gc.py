@@ -299,3 +299,19 @@ def test_a_stray_blob_file_with_no_row_is_collected(make_server):
         layer = kept["layers"][0]
         assert client.get(f"/v2/{repo}/blobs/{sha256(layer)}").content == layer
     assert referenced_blobs_intact(server) >= 3
+
+
+def test_a_dry_run_does_not_make_the_next_collection_skip(make_server):
+    server = make_server(SETTINGS)
+    assert "skipped" not in gc(server, "--dry-run", "--interval", "86400")
+    # Only a collection that collected counts as the last one.
+    assert not (server.data / "gc.last").exists()
+    assert "skipped" not in gc(server, "--interval", "86400")
+    again = subprocess.run(
+        [sys.executable, "-m", "quaylock.cli.main", "gc", "--data", str(server.data),
+         "--config", str(server.data.parent / "config.yaml"), "--interval", "86400"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert json.loads(again.stdout) == {
+        "skipped": "collected less than an interval ago"
+    }

@@ -177,6 +177,9 @@ def test_every_move_and_refusal_is_in_the_audit_log(registry):
     assert ("tag.move", "admin", "latest") in actions
     assert ("refused", "dev", "latest") in actions
     assert ("tag.delete", "admin", "latest") in actions
+    # The refusal says which move was refused: from two, to one.
+    (refused,) = [r for r in audit_rows(registry) if r[1] == "refused"]
+    assert refused[4:6] == (sha256(two), sha256(one))
     verify = cli(registry, "audit", "verify")
     assert verify.returncode == 0, verify.stderr
     assert "intact" in verify.stdout

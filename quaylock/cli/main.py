@@ -195,8 +195,9 @@ def _gc(args) -> int:
             config.gc.retention, TagGuard(config.tags, store),
         )  # fmt: skip
         report = asyncio.run(collector.run(dry_run=args.dry_run))
-        with open(stamp, "w"):
-            pass  # when the last collection ended, for --interval
+        if not args.dry_run:  # a look collects nothing: the next run must not skip
+            with open(stamp, "w"):
+                pass  # when the last collection ended, for --interval
     finally:
         store.close()
         lock.close()

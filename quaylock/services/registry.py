@@ -241,6 +241,7 @@ class Registry:
             await self._refused_if(
                 actor, repository, tag,
                 self.signing.require_for_tag, repository, tag, record.digest,
+                new=record.digest,
             )  # fmt: skip
 
         def hook(c, old: str | None) -> bool:
@@ -249,7 +250,11 @@ class Registry:
                     self.tags.check_move(
                         self.store, c, repository, tag, old, record.digest, actor
                     )
-                except Held as exc:
+                except Denied as exc:
+                    if not isinstance(exc, Held):
+                        # For the audit record: the move that was refused.
+                        exc.digests = (old, record.digest)
+                        raise
                     # Keep the manifest, leave the tag: an admin decides.
                     hold_id = _add_hold(
                         c, "tag", repository, tag, record.digest, exc.message, actor
@@ -364,10 +369,13 @@ class Registry:
         return parse_manifest(manifest.content, manifest.media_type).references
 
     async def _refused_if(
-        self, actor: Actor, repository, tag, fn, *args, emitted: list | None = None
-    ):
+        self, actor: Actor, repository, tag, fn, *args,
+        emitted: list | None = None, new: str | None = None,
+    ):  # fmt: skip
         """Run `fn`; a Denied is written to the audit log and sent to the
-        webhooks, then raised. On success, send the `emitted` events."""
+        webhooks, then raised. On success, send the `emitted` events. The
+        record names the digests the refused move was from and to, when the
+        refusal carries them (`digests`) or the caller knows the new one."""
         try:
             result = fn(*args)
             if hasattr(result, "__await__"):
@@ -375,7 +383,8 @@ class Registry:
         except Held:
             raise  # the caller records the hold
         except Denied as exc:
-            event = _event("refused", actor, repository, tag, None, None, exc.message)
+            old, to = getattr(exc, "digests", (None, new))
+            event = _event("refused", actor, repository, tag, old, to, exc.message)
             await self.store.write(lambda c: audit.append(c, event), durable=False)
             self._emit(event)
             raise
