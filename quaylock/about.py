@@ -10,29 +10,13 @@ installed.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import platform
-import re
 import sys
 from pathlib import Path
 
 from quaylock import __version__
-
-
-def _normalised(name: str) -> str:
-    """A distribution name as PEP 503 compares it."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def installed() -> dict[str, str]:
-    """Every distribution installed in this Python, by normalised name."""
-    found = {}
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
-        if name:
-            found[_normalised(name)] = dist.version
-    return dict(sorted(found.items()))
+from quaylock.supply.audit import installed, normalize
 
 
 def sbom_path() -> Path:
@@ -44,7 +28,7 @@ def sbom_drift(sbom: dict, present: dict[str, str]) -> list[str]:
     """How the SBOM differs from the distributions `present`: versions that
     changed, distributions installed since and ones removed since."""
     listed = {
-        _normalised(c["name"]): c.get("version", "")
+        normalize(c["name"]): c.get("version", "")
         for c in sbom.get("components", [])
         if c.get("type") == "library" and "name" in c
     }
@@ -80,7 +64,7 @@ def report(store_schema: int | None) -> dict:
     """The version report of the admin API."""
     from quaylock.metadata.schema import SCHEMA_VERSION  # noqa: PLC0415
 
-    present = installed()
+    present = dict(sorted(installed().items()))
     sbom, why = read_sbom()
     return {
         "quaylock": __version__,

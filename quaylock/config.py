@@ -525,27 +525,13 @@ def _check(config: Config) -> None:
             raise ConfigError(
                 f"rate_limits.{name}.burst: expected at least 1 with per_minute set"
             )
-    try:
-        if not all(isinstance(a, str) for a in config.metrics.allow):
-            raise ValueError("expected a list of addresses")
-        networks(config.metrics.allow)
-    except ValueError as exc:
-        raise ConfigError(f"metrics.allow: {exc}") from None
+    _check_networks(config.metrics.allow, "metrics.allow")
     if config.server.forwarded_header not in ("x-forwarded-for", "forwarded"):
         raise ConfigError(
             "server.forwarded_header: expected x-forwarded-for or forwarded, got "
             f"{config.server.forwarded_header!r}"
         )
-    if not isinstance(config.server.trusted_proxies, list) or not all(
-        isinstance(p, str) for p in config.server.trusted_proxies
-    ):
-        raise ConfigError("server.trusted_proxies: expected a list of addresses")
-    try:
-        networks(config.server.trusted_proxies)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"server.trusted_proxies: expected addresses or CIDR ranges ({exc})"
-        ) from None
+    _check_networks(config.server.trusted_proxies, "server.trusted_proxies")
     for name in (
         "max_connections", "max_requests_in_flight",
         "max_requests_in_flight_per_address", "header_read_timeout_seconds",
@@ -644,6 +630,19 @@ def _check_patterns(patterns, where: str) -> None:
         raise ConfigError(f"{where}: expected a non-empty list of patterns")
 
 
+def _check_networks(value, where: str) -> None:
+    """Raises ConfigError unless `value` is a list of addresses or CIDR
+    ranges."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a list of addresses")
+    try:
+        networks(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}: expected addresses or CIDR ranges ({exc})"
+        ) from None
+
+
 def _rate_override(i: int, raw) -> dict:
     where = f"rate_limits.overrides[{i}]"
     if not isinstance(raw, dict):
@@ -657,10 +656,7 @@ def _rate_override(i: int, raw) -> dict:
         )
     _check_patterns(raw[kinds[0]], f"{where}.{kinds[0]}")
     if kinds[0] == "addresses":
-        try:
-            networks(raw["addresses"])
-        except ValueError as exc:
-            raise ConfigError(f"{where}.addresses: {exc}") from None
+        _check_networks(raw["addresses"], f"{where}.addresses")
     rate_class = raw.get("class", "*")
     if kinds[0] == "subjects" and rate_class == "token":
         raise ConfigError(

@@ -63,9 +63,9 @@ API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
 JSON_ERROR = (b"content-type", b"application/json")
 # How much of an unread body we swallow so the client can read our error.
 DRAIN_MAX_BYTES = 8 * 1024 * 1024
+DRAIN_TIMEOUT_SECONDS = 5.0
 # Requests in flight an address may always have, however busy the worker.
 _LEAST_SHARE = 4
-DRAIN_TIMEOUT_SECONDS = 5.0
 
 
 # What a route is, which decides how a request to it is let in:
@@ -104,7 +104,12 @@ class Route:
             return "token"
         if self.listing:
             return "listing"
-        return "read" if method in ("GET", "HEAD") else "write"
+        return _by_method(method)
+
+
+def _by_method(method: str) -> str:
+    """The rate class of a request that is no login and no listing."""
+    return "read" if method in ("GET", "HEAD") else "write"
 
 
 _READ = {"GET": "pull", "HEAD": "pull"}
@@ -440,7 +445,7 @@ class App:
         request.body_timeout = self._body_timeout
         request.body_min_rate = self._body_min_rate
         if self.clients.trusts(request.client):
-            request.client = self.clients.resolve(request.client, request.headers)
+            request.client = self.clients.forwarded(request.client, request.headers)
         bytes_out = 0
         sent_start = False
         in_flight = None
@@ -498,10 +503,7 @@ class App:
                 # Refused before it was charged (no such route, a bad name):
                 # it still counts for the address.
                 try:
-                    await self._admit(
-                        "read" if scope["method"] in ("GET", "HEAD") else "write",
-                        request, None,
-                    )  # fmt: skip
+                    await self._admit(_by_method(scope["method"]), request, None)
                 except TooManyRequests as refused:
                     exc = refused
             if request.rate is not None:
@@ -555,23 +557,17 @@ class App:
         server = self.registry.config.server
         key = address_key(client)
         if self._in_flight >= server.max_requests_in_flight:
-            error = Unavailable(
+            raise _in_flight_refusal(Unavailable(
                 f"the server is handling {self._in_flight} requests, its most "
                 f"(server.max_requests_in_flight); retry in a moment"
-            )
-            error.reason = "in_flight"
-            error.headers["Retry-After"] = "1"
-            raise error
+            ))  # fmt: skip
         mine = self._in_flight_by_address.get(key, 0)
         if mine >= server.max_requests_in_flight_per_address:
-            error = TooManyRequests(
+            raise _in_flight_refusal(TooManyRequests(
                 f"client {key} has {mine} requests in flight, its most "
                 "(server.max_requests_in_flight_per_address); wait for some "
                 "to finish"
-            )
-            error.reason = "in_flight"
-            error.headers["Retry-After"] = "1"
-            raise error
+            ))  # fmt: skip
         # Past half the worker's most, every address gets an even share of
         # it, so that a few addresses holding slow requests cannot take all
         # of it from the others.
@@ -579,15 +575,12 @@ class App:
             addresses = len(self._in_flight_by_address) + (mine == 0)
             share = max(_LEAST_SHARE, server.max_requests_in_flight // (2 * addresses))
             if mine >= share:
-                error = TooManyRequests(
+                raise _in_flight_refusal(TooManyRequests(
                     f"the server is busy ({self._in_flight} requests in flight): "
                     f"each of the {addresses} clients in flight may have {share}, "
                     f"and client {key} has {mine} (server.max_requests_in_flight); "
                     "wait for some to finish"
-                )
-                error.reason = "in_flight"
-                error.headers["Retry-After"] = "1"
-                raise error
+                ))  # fmt: skip
         self._in_flight += 1
         self._in_flight_by_address[key] = mine + 1
         self.registry.metrics.in_flight(1)
@@ -814,6 +807,13 @@ def _host(scope, request: Request) -> str:
 _HOST_RE = re.compile(
     r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
 )
+
+
+def _in_flight_refusal(error: RegistryError) -> RegistryError:
+    """`error`, counted as an in-flight refusal, to retry in a second."""
+    error.reason = "in_flight"
+    error.headers["Retry-After"] = "1"
+    return error
 
 
 def _basic(request: Request) -> bool:

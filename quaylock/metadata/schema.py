@@ -283,15 +283,15 @@ class SchemaTooNew(StoreError):
     """The store was migrated by a newer quaylock than this one."""
 
 
-def check_version(found) -> None:
-    """Refuse a store whose schema is newer than this code knows, or whose
-    version is not one at all.
+def check_version(found: int) -> None:
+    """Refuse a store whose schema is newer than this code knows, or below
+    any version.
 
     Raises:
         SchemaTooNew: `found` is above SCHEMA_VERSION.
-        StoreError: `found` is not a version.
+        StoreError: `found` is negative.
     """
-    if not isinstance(found, int) or isinstance(found, bool) or found < 0:
+    if found < 0:
         raise StoreError(
             f"the metadata store's schema_version holds {found!r}, not a version: "
             "restore it from a backup"

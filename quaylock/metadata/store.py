@@ -844,9 +844,12 @@ def _one_version(conn: sqlite3.Connection, path: str, check: bool = True):
             "a backup"
         )
     version = rows[0][0] if rows else 0
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise schema.StoreError(
+            f"the metadata store's schema_version holds {version!r}, not a version: "
+            "restore it from a backup"
+        )
     if check:
-        schema.check_version(version)
-    elif not isinstance(version, int):
         schema.check_version(version)
     return version
 

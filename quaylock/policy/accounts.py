@@ -104,7 +104,9 @@ class Accounts:
         # parallel guesses cannot all pass it (see limiter). A locked key
         # gets its turn at once, to be refused.
         try:
-            async with self.limiter.turn(name, address):
+            async with self.limiter.turn(name, address) as locked:
+                if locked:
+                    raise _locked(locked)
                 subject = await self._check(name, secret, address)
         except LoginBusy:
             error = TooManyRequests(
@@ -117,13 +119,12 @@ class Accounts:
         return subject
 
     async def _check(self, name: str, secret: str, address: str) -> Subject:
-        """The password check itself, in the caller's turn.
+        """The password check itself, in the caller's turn (which found the
+        key not locked).
 
         Raises:
-            TooManyRequests: the key was locked while this login waited.
             Unauthorized: wrong name or secret (counted as a failure).
         """
-        await self._refuse_if_locked(name, address)
         delay = await self.limiter.delay_for(name, address)
         if delay:
             await asyncio.sleep(delay)
@@ -135,18 +136,6 @@ class Accounts:
             await self.limiter.failed(name, address)
             raise Unauthorized("invalid username or password")
         return subject
-
-    async def _refuse_if_locked(self, name: str, address: str) -> None:
-        """Raises:
-        TooManyRequests: the address, or the account from it, is locked."""
-        wait = await self.limiter.locked_for(name, address)
-        if wait > 0:
-            error = TooManyRequests(
-                f"too many failed logins from this address; try again in {int(wait) + 1} s"
-            )
-            error.reason = "auth"
-            error.headers["retry-after"] = str(int(wait) + 1)
-            raise error
 
     def credential_version(self, name: str) -> str | None:
         """What changes when a user's password or a robot's secret does:
@@ -575,3 +564,14 @@ def check_grant_patterns(patterns) -> list[str]:
 def _require_user(c, name: str) -> None:
     if c.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
         raise NotFound(f"no user {name}")
+
+
+def _locked(wait: float) -> TooManyRequests:
+    """The refusal of a login whose address, or account at that address,
+    is locked for `wait` more seconds."""
+    error = TooManyRequests(
+        f"too many failed logins from this address; try again in {int(wait) + 1} s"
+    )
+    error.reason = "auth"
+    error.headers["retry-after"] = str(int(wait) + 1)
+    return error

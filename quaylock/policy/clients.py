@@ -71,6 +71,11 @@ class ClientAddresses:
         the request's (lower-cased) headers."""
         if not self.trusts(peer):
             return peer
+        return self.forwarded(peer, headers)
+
+    def forwarded(self, peer: str, headers: dict[str, str]) -> str:
+        """`resolve` for a `peer` the caller knows to be trusted (`trusts`),
+        without asking again."""
         chain = _forwarded_for(headers, self.header)
         for hop in reversed(chain):
             if hop is None:

@@ -70,8 +70,8 @@ class LoginLimiter:
     async def turn(self, account: str, address: str):
         """Wait until a password check for `account` from `address` may
         start: while the failures so far and the checks under way stay
-        below the limit. Returns at once when the key is locked, for the
-        caller to refuse.
+        below the limit. Yields the seconds the key stays locked: at once
+        when it is, for the caller to refuse, else 0.
 
         Raises:
             LoginBusy: no turn came in `_TURN_SECONDS`.
@@ -84,10 +84,10 @@ class LoginLimiter:
         slot[2] += 1
         try:
             async with condition:
-                await self._wait_turn(account, address, where, slot)
+                locked = await self._wait_turn(account, address, where, slot)
                 slot[1] += 1
             try:
-                yield
+                yield locked
             finally:
                 async with condition:
                     slot[1] -= 1
@@ -97,14 +97,14 @@ class LoginLimiter:
             if not slot[2]:
                 del self._checks[where]
 
-    async def _wait_turn(self, account: str, address: str, where: str, slot) -> None:
+    async def _wait_turn(self, account: str, address: str, where: str, slot) -> float:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _TURN_SECONDS
         while True:
-            if await self.locked_for(account, address) > 0:
-                return
+            if (locked := await self.locked_for(account, address)) > 0:
+                return locked
             if await self._failures(f"@{where}") + slot[1] < self.limit:
-                return
+                return 0.0
             left = deadline - loop.time()
             if left <= 0:
                 raise LoginBusy()
